@@ -1,0 +1,349 @@
+"""The table protocol every compressor implements (DESIGN §2).
+
+A method subclasses :class:`EmbeddingTable` and implements one hook, :meth:`EmbeddingTable.embed`
+(ids of any fields -> rows). The base class turns that into both input forms:
+
+* dense ids ``LongTensor[B, F]`` -> ``FloatTensor[B, F, D]`` (one call for all fields);
+* a torchrec ``KeyedJaggedTensor`` -> a ``KeyedTensor`` pooled per feature (torchrec semantics),
+
+and :class:`TableEmbeddingBag` turns a one-feature table into an ``nn.EmbeddingBag`` drop-in.
+Gather-based methods may override :meth:`EmbeddingTable.pool` with a fused ``embedding_bag``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .feature import Feature, check_features
+
+try:  # torchrec is optional at import time; the KJT path needs it.
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+    HAVE_TORCHREC = True
+except Exception:  # pragma: no cover - exercised only without torchrec
+    HAVE_TORCHREC = False
+    KeyedJaggedTensor = KeyedTensor = None  # type: ignore[assignment,misc]
+
+    class EmbeddingBagCollectionInterface(nn.Module):  # type: ignore[no-redef]
+        """Stand-in with torchrec's interface when torchrec is not installed."""
+
+
+DEFAULT_INIT_SCALE = 0.05  # DESIGN §3: uniform ±0.05 trains far better under Adam than N(0, 1)
+
+
+class EmbeddingTable(EmbeddingBagCollectionInterface):
+    """Base of every slimembed table: a collection of features with one ``forward``.
+
+    Subclasses set ``method`` (the registry name) and implement :meth:`embed`.
+    ``needs_range`` says whether ids must lie in ``[0, num_embeddings)`` of their feature
+    (vocabulary methods) or may be any int64 (hashing methods); out-of-range ids raise a
+    ``ValueError`` naming the feature and the value.
+
+    Example::
+
+        >>> from slimembed.tables import Feature, make_table
+        >>> t = make_table("full", [Feature("a", 10, 4), Feature("b", 20, 4)])
+        >>> t(torch.tensor([[1, 2], [3, 19]])).shape
+        torch.Size([2, 2, 4])
+    """
+
+    method: ClassVar[str] = "base"
+    needs_range: ClassVar[bool] = True
+
+    def __init__(self, features: Sequence[Feature]) -> None:
+        nn.Module.__init__(self)
+        self.features: List[Feature] = check_features(features)
+        self.validate_ids = True
+        # Row limits for validation; int64 holds 2**63 - 1 at most, which is "any id".
+        limits = [min(int(f.num_embeddings), 2**63 - 1) for f in self.features]
+        self.register_buffer("_id_limits", torch.tensor(limits, dtype=torch.long), persistent=False)
+        self._pool_modes = [f.pooling for f in self.features]
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def feature_names(self) -> List[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def output_dims(self) -> List[int]:
+        """Output dimension per feature (after any padding/projection the table applies)."""
+        return [f.embedding_dim for f in self.features]
+
+    @property
+    def embedding_dim(self) -> int:
+        """The common output dim ``D`` of the dense form; errors if features differ."""
+        dims = set(self.output_dims)
+        if len(dims) != 1:
+            raise ValueError(f"{type(self).__name__} has per-feature dims {self.output_dims}")
+        return dims.pop()
+
+    def full_bytes(self) -> int:
+        """Bytes of the uncompressed fp32 table with the same features and dims."""
+        return sum(int(f.num_embeddings) * int(f.embedding_dim) * 4 for f in self.features)
+
+    def config(self) -> Dict[str, Any]:
+        """A plain dict that :func:`slimembed.tables.make_table_from_config` rebuilds."""
+        return {"method": self.method, "features": [f.to_dict() for f in self.features]}
+
+    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
+        """Rows for ids of any fields.
+
+        Args:
+            ids: ``LongTensor[N]`` ids (already validated).
+            fields: ``LongTensor[N]`` field index of each id, in ``[0, F)``.
+        Returns:
+            ``FloatTensor[N, D]``.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ validation
+    def check_ids(self, ids: Tensor, fields: Optional[Tensor] = None) -> None:
+        """Raise ``ValueError`` naming the feature and value of the first bad id.
+
+        ``ids`` is ``[B, F]`` (then ``fields`` is None) or ``[N]`` with ``fields[N]``.
+        """
+        if not self.validate_ids or ids.numel() == 0:
+            return
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids must be an integer tensor (int64), got dtype {ids.dtype}")
+        limits = self._id_limits if fields is None else self._id_limits[fields]
+        if self.needs_range:
+            bad = (ids < 0) | (ids >= limits)
+        else:
+            bad = ids < 0
+        if bool(bad.any()):
+            pos = int(bad.reshape(-1).nonzero()[0, 0])
+            value = int(ids.reshape(-1)[pos])
+            f = pos % self.num_features if fields is None else int(fields[pos])
+            feat = self.features[f]
+            allowed = (
+                f"[0, {feat.num_embeddings})" if self.needs_range else "non-negative int64 ids"
+            )
+            raise ValueError(
+                f"{type(self).__name__}: feature {feat.name!r} got id {value}; allowed: {allowed}"
+            )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, features: Union[Tensor, "KeyedJaggedTensor"]) -> Any:
+        """Dense ids ``LongTensor[B, F]`` -> ``[B, F, D]``; a ``KeyedJaggedTensor`` -> ``KeyedTensor``."""
+        if isinstance(features, Tensor):
+            if features.dim() != 2 or features.shape[1] != self.num_features:
+                raise ValueError(
+                    f"dense ids must be LongTensor[B, {self.num_features}] "
+                    f"(features {self.feature_names}), got shape {tuple(features.shape)}"
+                )
+            self.check_ids(features)
+            return self.forward_dense(features)
+        if HAVE_TORCHREC and isinstance(features, KeyedJaggedTensor):
+            return self.forward_kjt(features)
+        raise TypeError(
+            f"{type(self).__name__}.forward takes LongTensor[B, F] or a KeyedJaggedTensor, "
+            f"got {type(features).__name__}"
+        )
+
+    def field_index(self, batch_size: int, device: torch.device) -> Tensor:
+        """``LongTensor[B * F]``: the field of each element of a flattened ``[B, F]`` id batch."""
+        return torch.arange(self.num_features, device=device).repeat(batch_size)
+
+    def forward_dense(self, ids: Tensor) -> Tensor:
+        """``LongTensor[B, F]`` -> ``FloatTensor[B, F, D]`` in one call for all fields."""
+        b, f = ids.shape
+        rows = self.embed(ids.reshape(-1), self.field_index(b, ids.device))
+        return rows.view(b, f, -1)
+
+    def pool(
+        self,
+        ids: Tensor,
+        fields: Tensor,
+        offsets: Tensor,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Sum-pool the rows of ``ids`` into bags.
+
+        Args:
+            ids: ``[N]``; fields: ``[N]``; offsets: ``[n_bags + 1]`` (last offset included);
+            per_sample_weights: ``[N]`` or None.
+        Returns:
+            ``[n_bags, D]``; empty bags give zeros.
+        """
+        rows = self.embed(ids, fields)
+        index = torch.arange(ids.numel(), device=ids.device)
+        return F.embedding_bag(
+            index, rows, offsets, mode="sum", per_sample_weights=per_sample_weights,
+            include_last_offset=True,
+        )
+
+    def forward_kjt(self, kjt: "KeyedJaggedTensor") -> "KeyedTensor":
+        """Pool each feature's bags with torchrec's semantics; output keyed by feature name.
+
+        Returns a ``KeyedTensor`` with values ``[B, sum(output_dims)]``.
+        """
+        names = self.feature_names
+        keys = kjt.keys()
+        if keys != names:
+            missing = [n for n in names if n not in keys]
+            if missing:
+                raise ValueError(f"KeyedJaggedTensor lacks features {missing}; it has {keys}")
+            kjt = kjt.permute([keys.index(n) for n in names])
+        values = kjt.values()
+        lengths = kjt.lengths()
+        b = kjt.stride()
+        nf = self.num_features
+        per_key = torch.tensor(kjt.length_per_key(), device=values.device)
+        fields = torch.repeat_interleave(torch.arange(nf, device=values.device), per_key)
+        self.check_ids(values, fields)
+        offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=values.device)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        pooled = self.pool(values, fields, offsets, kjt.weights_or_none())  # [F * B, D]
+        if "mean" in self._pool_modes:
+            mean_bag = torch.tensor(
+                [m == "mean" for m in self._pool_modes], device=values.device
+            ).repeat_interleave(b)
+            denom = torch.where(mean_bag, lengths.clamp(min=1), torch.ones_like(lengths))
+            pooled = pooled / denom.unsqueeze(1).to(pooled.dtype)
+        out = self.bags_to_keyed(pooled, b)
+        return KeyedTensor(keys=names, length_per_key=self.output_dims, values=out)
+
+    def bags_to_keyed(self, pooled: Tensor, batch_size: int) -> Tensor:
+        """``[F * B, D]`` key-major bags -> ``[B, F * D]`` (equal dims)."""
+        d = pooled.shape[1]
+        return pooled.view(self.num_features, batch_size, d).transpose(0, 1).reshape(batch_size, -1)
+
+    def bag(
+        self,
+        ids: Tensor,
+        offsets: Tensor,
+        mode: str,
+        per_sample_weights: Optional[Tensor],
+        padding_idx: Optional[int],
+    ) -> Tensor:
+        """``nn.EmbeddingBag`` semantics over :meth:`embed` for a one-feature table.
+
+        ``offsets`` includes the last offset. Padding ids are pointed at an appended zero row that
+        ``embedding_bag`` skips, so they count neither in sums nor in means.
+        """
+        rows = self.embed(ids, torch.zeros_like(ids))
+        index = torch.arange(ids.numel(), device=ids.device)
+        pad = None
+        if padding_idx is not None:
+            pad = rows.shape[0]
+            rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+            index = torch.where(ids == padding_idx, torch.full_like(index, pad), index)
+        return F.embedding_bag(
+            index, rows, offsets, mode=mode, per_sample_weights=per_sample_weights,
+            include_last_offset=True, padding_idx=pad,
+        )
+
+    # ------------------------------------------------------------------ torchrec interface
+    def embedding_bag_configs(self) -> List["EmbeddingBagConfig"]:
+        """One logical config per feature, with the output dims models see."""
+        if not HAVE_TORCHREC:  # pragma: no cover
+            raise RuntimeError("torchrec is not installed")
+        return [
+            EmbeddingBagConfig(
+                num_embeddings=min(int(f.num_embeddings), 2**62),
+                embedding_dim=d,
+                name=f"t_{f.name}",
+                feature_names=[f.name],
+                pooling=PoolingType.MEAN if f.pooling == "mean" else PoolingType.SUM,
+            )
+            for f, d in zip(self.features, self.output_dims)
+        ]
+
+    def is_weighted(self) -> bool:
+        return False
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, features={len(self.features)}, dims={sorted(set(self.output_dims))}"
+
+
+class TableEmbeddingBag(nn.Module):
+    """``nn.EmbeddingBag`` drop-in over a one-feature :class:`EmbeddingTable`.
+
+    Forward signature and semantics follow ``nn.EmbeddingBag``: ``input`` is ``[B, L]`` (fixed
+    bags, ``offsets=None``) or ``[N]`` with ``offsets[B]`` (``[B + 1]`` with
+    ``include_last_offset``); modes ``sum``/``mean``/``max``; ``per_sample_weights`` only with
+    ``sum``; ids equal to ``padding_idx`` are left out of their bag; empty bags give zeros.
+    Returns ``[B, D]``.
+    """
+
+    def __init__(
+        self,
+        table: EmbeddingTable,
+        mode: str = "mean",
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if table.num_features != 1:
+            raise ValueError("TableEmbeddingBag wraps a one-feature table")
+        if mode not in ("sum", "mean", "max"):
+            raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
+        n = table.features[0].num_embeddings
+        if padding_idx is not None:
+            if padding_idx < 0:
+                padding_idx += n
+            if not 0 <= padding_idx < n:
+                raise ValueError(f"padding_idx must be within num_embeddings={n}, got {padding_idx}")
+        self.table = table
+        self.mode = mode
+        self.include_last_offset = include_last_offset
+        self.padding_idx = padding_idx
+
+    @property
+    def num_embeddings(self) -> int:
+        return int(self.table.features[0].num_embeddings)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.table.output_dims[0]
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        if input.dim() == 2:
+            if offsets is not None:
+                raise ValueError("offsets must be None when input is 2D [B, L]")
+            b, length = input.shape
+            offsets = torch.arange(0, b * length, max(length, 1), device=input.device)[:b]
+            input = input.reshape(-1)
+            if per_sample_weights is not None:
+                per_sample_weights = per_sample_weights.reshape(-1)
+            include_last = False
+        elif input.dim() == 1:
+            if offsets is None or offsets.dim() != 1:
+                raise ValueError("offsets has to be a 1D Tensor when input is 1D")
+            include_last = self.include_last_offset
+        else:
+            raise ValueError(f"input has to be 1D or 2D, got shape {tuple(input.shape)}")
+        if per_sample_weights is not None and self.mode != "sum":
+            raise NotImplementedError(
+                f"per_sample_weights was provided with mode={self.mode!r}; only 'sum' supports it"
+            )
+        if per_sample_weights is not None and per_sample_weights.shape != input.shape:
+            raise ValueError(
+                f"per_sample_weights shape {tuple(per_sample_weights.shape)} must match input "
+                f"shape {tuple(input.shape)}"
+            )
+        offsets = offsets.to(torch.long)
+        if not include_last:
+            offsets = torch.cat([offsets, offsets.new_tensor([input.numel()])])
+        fields = torch.zeros_like(input, dtype=torch.long)
+        self.table.check_ids(input.to(torch.long), fields)
+        return self.table.bag(
+            input.to(torch.long), offsets, self.mode, per_sample_weights, self.padding_idx
+        )
+

@@ -1,0 +1,139 @@
+"""The uncompressed baseline: one fused fp32 table for all features (``nn.EmbeddingBag`` semantics)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .feature import Feature
+from .registry import register
+
+
+@register("full")
+class FullTable(EmbeddingTable):
+    """All features' rows in one fused ``[sum_f N_f, D]`` parameter; a lookup is one gather.
+
+    Args:
+        features: the features; all must share ``embedding_dim``.
+        sparse: produce sparse row gradients (for ``torch.optim.SparseAdam`` / row-wise Adagrad).
+        init_scale: rows start uniform in ``[-init_scale, init_scale]`` (DESIGN §3: ±0.05).
+
+    Shapes: dense ids ``[B, F]`` -> ``[B, F, D]``; a KJT -> ``KeyedTensor`` ``[B, F * D]``.
+    """
+
+    method = "full"
+
+    def __init__(
+        self, features: Sequence[Feature], sparse: bool = False, init_scale: float = DEFAULT_INIT_SCALE
+    ) -> None:
+        super().__init__(features)
+        dims = {f.embedding_dim for f in self.features}
+        if len(dims) != 1:
+            raise ValueError(
+                f"FullTable needs one embedding_dim for all features, got {sorted(dims)}; "
+                "build one table per dim"
+            )
+        self.sparse = bool(sparse)
+        self.init_scale = float(init_scale)
+        rows = [int(f.num_embeddings) for f in self.features]
+        if sum(rows) > 2**40:
+            raise ValueError(
+                f"FullTable would hold {sum(rows)} rows; a vocabulary-free id space needs a hashing method"
+            )
+        offsets = torch.tensor([0] + rows[:-1], dtype=torch.long).cumsum(0)
+        self.register_buffer("row_offsets", offsets, persistent=False)
+        self.weight = nn.Parameter(torch.empty(sum(rows), dims.pop()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
+
+    def config(self) -> Dict[str, Any]:
+        return {**super().config(), "sparse": self.sparse, "init_scale": self.init_scale}
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "FullTable":
+        table = cls(features, **kwargs)
+        need = table.full_bytes()
+        if budget_bytes < need:
+            raise ValueError(
+                f"method 'full' cannot compress: it needs {need} bytes, budget is {budget_bytes}"
+            )
+        return table
+
+    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
+        return F.embedding(ids + self.row_offsets[fields], self.weight, sparse=self.sparse)
+
+    def forward_dense(self, ids: Tensor) -> Tensor:
+        # [B, F] + [F] broadcast: no flattened field index needed on the hot path.
+        return F.embedding(ids + self.row_offsets, self.weight, sparse=self.sparse)
+
+    def pool(
+        self, ids: Tensor, fields: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor] = None
+    ) -> Tensor:
+        return F.embedding_bag(
+            ids + self.row_offsets[fields], self.weight, offsets, mode="sum",
+            per_sample_weights=per_sample_weights, include_last_offset=True, sparse=self.sparse,
+        )
+
+    def bag(
+        self, ids: Tensor, offsets: Tensor, mode: str, per_sample_weights: Optional[Tensor],
+        padding_idx: Optional[int],
+    ) -> Tensor:
+        return F.embedding_bag(
+            ids, self.weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
+            include_last_offset=True, padding_idx=padding_idx, sparse=self.sparse,
+        )
+
+
+class FullEmbeddingBag(TableEmbeddingBag):
+    """Drop-in for ``nn.EmbeddingBag`` (same constructor and forward) backed by :class:`FullTable`.
+
+    Differences from ``nn.EmbeddingBag``, on purpose: rows start uniform ±0.05 (DESIGN §3) and
+    ids outside ``[0, num_embeddings)`` raise a ``ValueError`` instead of reading garbage.
+    ``max_norm`` and ``scale_grad_by_freq`` are not supported (they raise).
+
+    Example::
+
+        >>> bag = FullEmbeddingBag(100, 8, mode="sum")
+        >>> bag(torch.tensor([1, 2, 3]), torch.tensor([0, 2])).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        if max_norm is not None or scale_grad_by_freq:
+            raise NotImplementedError("FullEmbeddingBag does not support max_norm or scale_grad_by_freq")
+        table = FullTable([Feature("input", num_embeddings, embedding_dim)], sparse=sparse)
+        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
+        with torch.no_grad():
+            if _weight is not None:
+                if tuple(_weight.shape) != (num_embeddings, embedding_dim):
+                    raise ValueError(
+                        f"_weight shape {tuple(_weight.shape)} != ({num_embeddings}, {embedding_dim})"
+                    )
+                table.weight.copy_(_weight)
+            if padding_idx is not None:
+                table.weight[self.padding_idx].zero_()
+        table.to(device=device, dtype=dtype)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.table.weight

@@ -1,0 +1,85 @@
+"""One way to build any table: a name -> class registry, budgets, and plain-dict configs."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+
+from .feature import Feature
+
+_REGISTRY: Dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[Type], Type]:
+    """Class decorator: make a table class buildable by ``make_table(name, ...)``."""
+
+    def deco(cls: Type) -> Type:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"table method {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def get_table_class(method: str) -> type:
+    try:
+        return _REGISTRY[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown table method {method!r}; available: {', '.join(available_methods())}"
+        ) from None
+
+
+def make_table(
+    method: str,
+    features: Sequence[Feature],
+    budget_bytes: Optional[int] = None,
+    compression: Optional[float] = None,
+    **kwargs: Any,
+):
+    """Build table ``method`` for ``features``.
+
+    Args:
+        method: a registered name (see :func:`available_methods`).
+        features: the features the table serves.
+        budget_bytes: size the method's knob so the table's memory lands at or under this.
+        compression: alternative to ``budget_bytes``: full fp32 bytes / ratio.
+        **kwargs: the method's own arguments.
+
+    Example::
+
+        >>> make_table("full", [Feature("C1", 1000, 16)])
+    """
+    cls = get_table_class(method)
+    if budget_bytes is not None and compression is not None:
+        raise ValueError("give budget_bytes or compression, not both")
+    if compression is not None:
+        if compression <= 0:
+            raise ValueError(f"compression must be > 0, got {compression}")
+        budget_bytes = int(sum(f.num_embeddings * f.embedding_dim * 4 for f in features) / compression)
+    if budget_bytes is not None:
+        if budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be > 0, got {budget_bytes}")
+        return cls.for_budget(list(features), int(budget_bytes), **kwargs)
+    return cls(list(features), **kwargs)
+
+
+def make_table_from_config(config: Dict[str, Any], features: Optional[Sequence[Feature]] = None):
+    """Build a table from a plain dict ``{"method": ..., **kwargs}`` (e.g. parsed YAML).
+
+    ``features`` may be given in the dict (as dicts) or as the argument.
+    """
+    cfg = dict(config)
+    method = cfg.pop("method", None)
+    if method is None:
+        raise ValueError(f"table config needs a 'method' key, got keys {sorted(config)}")
+    feats = cfg.pop("features", None)
+    if features is None:
+        if feats is None:
+            raise ValueError("table config has no 'features' and none were passed")
+        features = [f if isinstance(f, Feature) else Feature.from_dict(f) for f in feats]
+    return make_table(method, features, **cfg)
