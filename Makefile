@@ -9,7 +9,6 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-torchrec.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	# torchrec's declared fbgemm-gpu dependency is the CUDA build: install it without deps.
 	$(PY) -m pip install -q --no-deps -r requirements-torchrec.txt
