@@ -1,0 +1,317 @@
+"""DHE: Deep Hash Embedding (Kang, Cheng, Yao, Yi, Chen, Hong, Chi; KDD 2021, arXiv 2010.10784).
+
+No embedding table at all: an id is encoded on the fly by ``k`` universal hashes into a dense,
+essentially collision-free identifier vector, which an MLP (the "embedding network") maps to the
+embedding::
+
+    h_j(x) = ((a_j * x + b_j) mod P) mod m           j = 1..k   (k = 1024, m = 10**6)
+    enc(x) = 2 * h(x) / (m - 1) - 1                   in [-1, 1]^k   (uniform; or Gaussian)
+    e(x)   = Linear(w -> d)( [Linear -> BatchNorm -> Mish] x 5 ( enc(x) ) )
+
+Memory is the MLP (weights, biases, BatchNorm affine parameters and running statistics) plus the
+hash coefficients; it does not grow with the vocabulary, so ids are any non-negative int64
+(vocabulary-free, unseen ids at serving time just work).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import EmbeddingTable, TableEmbeddingBag
+from .budget import solve_knob
+from .feature import Feature, check_features
+from .hashing import HashFamily, derive_seed, universal_hash
+from .registry import register
+
+ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
+ENCODINGS = ("uniform", "gaussian")
+# Hash elements per encoding chunk: the int64 temporaries of one chunk stay cache-resident on
+# CPU (measured ~6x faster than 32 MiB chunks); accelerators take big chunks.
+_CHUNK_ELEMENTS_CPU = 1 << 16
+_CHUNK_ELEMENTS_ACCEL = 1 << 24
+
+
+def dhe_mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int = 5, activation: str = "mish",
+            batch_norm: bool = True) -> nn.Sequential:
+    """The embedding network: ``num_layers`` x [Linear -> BatchNorm1d -> act], then Linear to ``out_dim``.
+
+    ``[N, in_dim] -> [N, out_dim]``. ``num_layers=0`` is a single Linear.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    layers: List[nn.Module] = []
+    width = in_dim
+    for _ in range(num_layers):
+        layers.append(nn.Linear(width, hidden))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append(ACTIVATIONS[activation]())
+        width = hidden
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def dhe_mlp_bytes(in_dim: int, hidden: int, out_dim: int, num_layers: int = 5,
+                  batch_norm: bool = True) -> int:
+    """Closed-form bytes of :func:`dhe_mlp` (fp32 params, BN running stats, BN's int64 counter)."""
+    if num_layers == 0:
+        return 4 * (in_dim + 1) * out_dim
+    floats = (in_dim + 1) * hidden + (num_layers - 1) * (hidden + 1) * hidden + (hidden + 1) * out_dim
+    extra = 0
+    if batch_norm:
+        floats += 4 * hidden * num_layers  # weight, bias, running_mean, running_var
+        extra = 8 * num_layers  # num_batches_tracked
+    return 4 * floats + extra
+
+
+@register("dhe")
+class DHETable(EmbeddingTable):
+    """Deep Hash Embedding for many features (Kang et al., KDD 2021).
+
+    Each id gets ``num_hashes`` universal hashes (the project's family, :mod:`.hashing`: mod the
+    Mersenne prime ``2**61 - 1``) reduced mod ``buckets`` and scaled to ``[-1, 1]``; an MLP maps this
+    ``[N, k]`` encoding to ``[N, d]``. The encoding is recomputed every call (nothing stored).
+
+    **Fields.** By default all features share one MLP (so the budget buys one wide network, the
+    paper's setting with one id space). Fields differ through a per-field salt: the id first goes
+    through the field's own bijection ``x -> (a_f * x + b_f) mod P`` (a one-function
+    :class:`~.hashing.HashFamily` salted by the feature name), then through the ``k`` shared
+    functions. The composition is again a universal hash with per-field coefficients, at
+    ``16 * F`` bytes instead of ``16 * k * F`` for ``k`` independent functions per field.
+    ``per_feature=True`` gives every feature its own MLP instead.
+
+    Args:
+        features: the features; all must share ``embedding_dim``. ``num_embeddings`` only
+            sets the full-table baseline (it may be ``2**63``).
+        num_hashes: ``k`` (paper: 1024).
+        hidden: MLP width ``w`` (the budget knob). Paper Fig. 1 used 1800; default 256.
+        num_layers: hidden layers (paper/Hetu: 5).
+        activation: ``"mish"`` (paper) or ``"relu"`` (reported to work better by cce).
+        encoding: ``"uniform"`` in ``[-1, 1]`` (default) or ``"gaussian"`` (Box-Muller on hash
+            pairs; ``num_hashes`` must be even).
+        buckets: ``m`` (paper: 10**6).
+        batch_norm: BatchNorm after each hidden Linear (paper: yes). In training mode a call
+            with a single id fails (BatchNorm needs two values per channel).
+        per_feature: one MLP per feature instead of one shared MLP.
+        seed: hash seed (the coefficients are buffers, saved in the ``state_dict``).
+
+    Memory: MLP parameters + BatchNorm buffers + int64 hash coefficients ``16 * (k + F)`` bytes
+    + ``16 * F`` bytes of index buffers.
+
+    Shapes: dense ids ``[B, F]`` -> ``[B, F, d]``; a KJT -> ``KeyedTensor`` ``[B, F * d]``. Ids
+    are any non-negative int64.
+
+    Example::
+
+        >>> t = DHETable([Feature("user", 2**63, 16), Feature("item", 2**63, 16)], hidden=64)
+        >>> t(torch.tensor([[2**50, 7], [3, 2**62]])).shape
+        torch.Size([2, 2, 16])
+    """
+
+    method = "dhe"
+    needs_range = False
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        num_hashes: int = 1024,
+        hidden: int = 256,
+        num_layers: int = 5,
+        activation: str = "mish",
+        encoding: str = "uniform",
+        buckets: int = 1_000_000,
+        batch_norm: bool = True,
+        per_feature: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(features)
+        _check_dims(self.features)
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if int(num_hashes) < 1 or (encoding == "gaussian" and int(num_hashes) % 2):
+            raise ValueError(f"num_hashes must be >= 1 (even for gaussian), got {num_hashes}")
+        if int(hidden) < 1 or int(num_layers) < 0 or int(buckets) < 2:
+            raise ValueError(f"need hidden >= 1, num_layers >= 0, buckets >= 2; got {hidden}, {num_layers}, {buckets}")
+        self.num_hashes = int(num_hashes)
+        self.hidden = int(hidden)
+        self.num_layers = int(num_layers)
+        self.activation = activation
+        self.encoding = encoding
+        self.buckets = int(buckets)
+        self.batch_norm = bool(batch_norm)
+        self.per_feature = bool(per_feature)
+        self.seed = int(seed)
+        self.dim = int(self.features[0].embedding_dim)
+
+        self.field_hash = HashFamily(1, seed=self.seed, salts=self.feature_names)  # coef [F, 1, 2]
+        self.enc_hash = HashFamily(self.num_hashes, seed=derive_seed(self.seed, "dhe"))  # coef [1, k, 2]
+        n_mlps = self.num_features if self.per_feature else 1
+        self.mlps = nn.ModuleList(
+            dhe_mlp(self.num_hashes, self.hidden, self.dim, self.num_layers, activation, self.batch_norm)
+            for _ in range(n_mlps)
+        )
+        field_mlp = list(range(self.num_features)) if self.per_feature else [0] * self.num_features
+        self.register_buffer("_field_mlp", torch.tensor(field_mlp, dtype=torch.long), persistent=False)
+
+    def config(self) -> Dict[str, Any]:
+        return {
+            **super().config(),
+            "num_hashes": self.num_hashes,
+            "hidden": self.hidden,
+            "num_layers": self.num_layers,
+            "activation": self.activation,
+            "encoding": self.encoding,
+            "buckets": self.buckets,
+            "batch_norm": self.batch_norm,
+            "per_feature": self.per_feature,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ budget
+    @staticmethod
+    def memory_bytes(features: Sequence[Feature], hidden: int, num_hashes: int = 1024,
+                     num_layers: int = 5, batch_norm: bool = True, per_feature: bool = False,
+                     **_: Any) -> int:
+        """Closed-form ``memory_report(DHETable(features, hidden=hidden, ...)).total_bytes``."""
+        feats = check_features(features)
+        nf = len(feats)
+        n_mlps = nf if per_feature else 1
+        mlp = dhe_mlp_bytes(num_hashes, hidden, feats[0].embedding_dim, num_layers, batch_norm)
+        return n_mlps * mlp + 16 * (num_hashes + nf) + 16 * nf
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DHETable":
+        """The widest MLP (``hidden``) whose table fits ``budget_bytes``; granularity one unit of width.
+
+        ``num_hashes`` and the other arguments stay as given. Raises ``ValueError`` naming the
+        minimum (``hidden=1``) when the budget is below it.
+        """
+        if "hidden" in kwargs:
+            raise TypeError("for_budget solves 'hidden'; do not pass it")
+        features = check_features(features)
+        _check_dims(features)
+
+        def nbytes(w: int) -> int:
+            return cls.memory_bytes(features, w, **kwargs)
+
+        hi = 1
+        while nbytes(hi) <= budget_bytes and hi < 1 << 20:
+            hi *= 2
+        return solve_knob(
+            lambda w: cls(features, hidden=w, **kwargs),
+            budget_bytes, lo=1, hi=hi, method="dhe", knob="hidden", bytes_of=nbytes,
+        )
+
+    # ------------------------------------------------------------------ encoding and lookup
+    @torch.no_grad()
+    def encode(self, ids: Tensor, fields: Tensor) -> Tensor:
+        """The DHE identifier vectors: ``ids [N]``, ``fields [N]`` -> ``FloatTensor[N, k]``.
+
+        Uniform: values in ``[-1, 1]``. Gaussian: standard normal via Box-Muller on hash pairs.
+        Deterministic across processes and machines (integer hashing only, then one float map).
+        """
+        salted = self.field_hash.raw(ids, fields=fields)  # [N] in [0, P): per-field bijection
+        coef = self.enc_hash.coef[0]  # [k, 2]
+        a, b = coef[:, 0], coef[:, 1]
+        m = self.buckets
+        out = torch.empty(ids.numel(), self.num_hashes, dtype=torch.float32, device=ids.device)
+        chunk = _CHUNK_ELEMENTS_CPU if ids.device.type == "cpu" else _CHUNK_ELEMENTS_ACCEL
+        step = max(1, chunk // self.num_hashes)
+        for s in range(0, ids.numel(), step):
+            h = universal_hash(salted[s:s + step, None], a, b, m)  # [n, k] in [0, m)
+            if self.encoding == "uniform":
+                out[s:s + step] = h.to(torch.float32) * (2.0 / (m - 1)) - 1.0
+            else:
+                u = h.to(torch.float64)
+                u1 = (u[:, 0::2] + 1.0) / m  # (0, 1]
+                u2 = u[:, 1::2] / m  # [0, 1)
+                radius = torch.sqrt(-2.0 * torch.log(u1))
+                z = torch.stack([radius * torch.cos(2 * math.pi * u2),
+                                 radius * torch.sin(2 * math.pi * u2)], dim=2)
+                out[s:s + step] = z.reshape(h.shape[0], -1).to(torch.float32)
+        return out
+
+    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
+        dtype = self.mlps[0][0].weight.dtype
+        if ids.numel() == 0:
+            return torch.zeros(0, self.dim, device=ids.device, dtype=dtype)
+        enc = self.encode(ids, fields).to(dtype)
+        if not self.per_feature:
+            return self.mlps[0](enc)
+        out = torch.zeros(ids.numel(), self.dim, device=ids.device, dtype=dtype)
+        which = self._field_mlp[fields]
+        for g, mlp in enumerate(self.mlps):
+            sel = (which == g).nonzero().squeeze(1)
+            if sel.numel():
+                out = out.index_put((sel,), mlp(enc[sel]))
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, num_hashes={self.num_hashes}, hidden={self.hidden}, "
+            f"num_layers={self.num_layers}, activation={self.activation!r}, encoding={self.encoding!r}, "
+            f"per_feature={self.per_feature}"
+        )
+
+
+def _check_dims(features: Sequence[Feature]) -> None:
+    dims = sorted({f.embedding_dim for f in features})
+    if len(dims) != 1:
+        raise ValueError(f"DHETable needs one embedding_dim for all features, got {dims}; build one table per dim")
+
+
+class DHEEmbeddingBag(TableEmbeddingBag):
+    """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`DHETable`.
+
+    Same constructor (plus DHE's arguments, keyword-only) and forward ``(input, offsets=None,
+    per_sample_weights=None)``: input ``[B, L]`` or ``[N]`` with ``offsets``; returns ``[B, D]``.
+    ``num_embeddings`` is the id space (``2**63`` for vocabulary-free use); any non-negative id
+    in it works. Not supported (they raise): ``max_norm``, ``scale_grad_by_freq``,
+    ``sparse=True``, ``_weight``. ``padding_idx`` ids are left out of their bags.
+
+    Example::
+
+        >>> bag = DHEEmbeddingBag(2**63, 16, mode="sum", hidden=64)
+        >>> bag(torch.tensor([1, 2**40, 5]), torch.tensor([0, 2])).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        num_hashes: int = 1024,
+        hidden: int = 256,
+        num_layers: int = 5,
+        activation: str = "mish",
+        encoding: str = "uniform",
+        buckets: int = 1_000_000,
+        batch_norm: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if max_norm is not None or scale_grad_by_freq:
+            raise NotImplementedError("DHEEmbeddingBag does not support max_norm or scale_grad_by_freq")
+        if sparse or _weight is not None:
+            raise NotImplementedError("DHEEmbeddingBag has no table: sparse=True and _weight are not supported")
+        table = DHETable(
+            [Feature("input", num_embeddings, embedding_dim)], num_hashes=num_hashes, hidden=hidden,
+            num_layers=num_layers, activation=activation, encoding=encoding, buckets=buckets,
+            batch_norm=batch_norm, seed=seed,
+        )
+        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
+        table.to(device=device, dtype=dtype)

@@ -1,0 +1,214 @@
+"""Deep Hash Embedding: the hash encoding, the MLP, memory, budgets and drop-in semantics."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from slimembed.tables import DHEEmbeddingBag, DHETable, Feature, make_table, make_table_from_config, memory_report
+from slimembed.tables.hashing import MERSENNE_61, coefficients, derive_seed
+
+CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
+          14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+CRITEO_LIKE = [Feature(f"C{i + 1}", max(math.ceil(n / 500), 2), 16) for i, n in enumerate(CRITEO)]
+IDS = [0, 1, 12345, 2**40 + 7, 2**62 + 3]
+FEATS = [Feature("user", 2**63, 8), Feature("item", 2**63, 8, "mean")]
+
+
+def small(**kw):
+    torch.manual_seed(0)
+    return DHETable(FEATS, num_hashes=kw.pop("num_hashes", 64), hidden=kw.pop("hidden", 16), **kw)
+
+
+def test_encoding_is_the_documented_universal_hash():
+    t = small()
+    ids = torch.tensor(IDS)
+    enc = t.encode(ids, torch.ones_like(ids))  # field 1 ("item")
+    assert enc.shape == (5, 64) and enc.dtype == torch.float32
+    (a_f, b_f), = coefficients(0, "item", 1).tolist()
+    ab = coefficients(derive_seed(0, "dhe"), "", 64).tolist()
+    for row, x in enumerate(IDS):
+        salted = (a_f * (x % MERSENNE_61) + b_f) % MERSENNE_61  # python big ints: exact
+        for j in (0, 17, 63):
+            h = ((ab[j][0] * salted + ab[j][1]) % MERSENNE_61) % 1_000_000
+            assert enc[row, j].item() == pytest.approx(2 * h / 999_999 - 1, abs=1e-6)
+
+
+def test_encoding_range_and_fields_differ():
+    t = small()
+    ids = torch.arange(2000)
+    enc = t.encode(ids, torch.zeros_like(ids))
+    assert enc.min() >= -1 and enc.max() <= 1 and enc.min() < -0.99 and enc.max() > 0.99
+    assert abs(enc.mean().item()) < 0.02  # uniform on [-1, 1]
+    assert torch.unique(enc, dim=0).shape[0] == 2000  # no two ids share an identifier
+    other = t.encode(ids, torch.ones_like(ids))
+    assert not torch.isclose(enc, other).all(dim=1).any()  # same id, other field: other code
+
+
+def test_encoding_is_deterministic_in_a_fresh_process():
+    code = (
+        "import torch; from slimembed.tables import DHETable, Feature;"
+        "t = DHETable([Feature('user', 2**63, 8), Feature('item', 2**63, 8)], num_hashes=64, hidden=4);"
+        f"ids = torch.tensor({IDS}); e = t.encode(ids, torch.tensor([0, 1, 0, 1, 1]));"
+        "print(repr(e.double().tolist()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    there = torch.tensor(eval(out.stdout.strip()), dtype=torch.float64)
+    here = small().encode(torch.tensor(IDS), torch.tensor([0, 1, 0, 1, 1])).double()
+    assert torch.equal(here, there)
+
+
+def test_gaussian_encoding():
+    t = small(encoding="gaussian")
+    enc = t.encode(torch.arange(4000), torch.zeros(4000, dtype=torch.long))
+    assert abs(enc.mean().item()) < 0.02 and abs(enc.std().item() - 1) < 0.02
+    with pytest.raises(ValueError, match="even"):
+        DHETable(FEATS, num_hashes=63, encoding="gaussian")
+
+
+def test_unseen_huge_ids_work_and_output_shape():
+    t = small()
+    ids = torch.tensor([[2**40 + 1, 2**62], [7, 2**63 - 1], [0, 3]])
+    out = t(ids)
+    assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
+    t.eval()
+    assert torch.allclose(t(ids)[0], t(ids[:1])[0])  # eval: rows independent of the batch
+    with pytest.raises(ValueError, match=r"'item' got id -5"):
+        t(torch.tensor([[1, -5]]))
+
+
+def test_mlp_architecture_and_memory_formula():
+    k, w, d, layers = 64, 16, 8, 5
+    t = small()
+    mlp = t.mlps[0]
+    linears = [m for m in mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(k, w)] + [(w, w)] * 4 + [(w, d)]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp) == layers
+    assert sum(isinstance(m, torch.nn.Mish) for m in mlp) == layers
+    rep = memory_report(t)
+    params = (k + 1) * w + 4 * (w + 1) * w + (w + 1) * d + 2 * w * layers
+    assert rep.param_bytes == 4 * params
+    # BN running stats (2w floats + an int64 counter per layer), hash coefficients, index buffers
+    assert rep.buffer_bytes == layers * (8 * w + 8) + 16 * (k + 2) + 16 * 2
+    assert rep.total_bytes == DHETable.memory_bytes(FEATS, w, num_hashes=k)
+    per = small(per_feature=True, activation="relu")
+    assert len(per.mlps) == 2 and isinstance(per.mlps[0][2], torch.nn.ReLU)
+    assert memory_report(per).total_bytes == DHETable.memory_bytes(FEATS, w, num_hashes=k, per_feature=True)
+
+
+@pytest.mark.parametrize("ratio", [2, 10, 100, 1000])
+def test_budgets_land_from_below_within_one_width(ratio):
+    full = sum(f.num_embeddings * 16 * 4 for f in CRITEO_LIKE)
+    budget = int(full / ratio)
+    minimum = DHETable.memory_bytes(CRITEO_LIKE, 1)
+    if budget < minimum:
+        with pytest.raises(ValueError, match=f"needs at least {minimum} bytes"):
+            make_table("dhe", CRITEO_LIKE, compression=ratio)
+        return
+    t = make_table("dhe", CRITEO_LIKE, compression=ratio)
+    assert memory_report(t).total_bytes <= budget
+    assert DHETable.memory_bytes(CRITEO_LIKE, t.hidden + 1) > budget
+    assert memory_report(t).total_bytes == DHETable.memory_bytes(CRITEO_LIKE, t.hidden)
+
+
+def test_criteo_like_at_1000x_is_below_the_minimum():
+    with pytest.raises(ValueError, match=r"'dhe' needs at least \d+ bytes.*hidden=1"):
+        make_table("dhe", CRITEO_LIKE, compression=1000)
+
+
+def test_dense_and_kjt_agree():
+    t = small().eval()
+    ids = torch.tensor([[5, 2**45], [9, 1], [5, 0]])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=ids.t().reshape(-1),
+                                              lengths=torch.ones(6, dtype=torch.long))
+    assert torch.allclose(t(kjt).values().view(3, 2, 8), t(ids), atol=1e-6)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=torch.tensor([1, 2, 3, 4, 5]),
+                                              lengths=torch.tensor([2, 0, 0, 3]))
+    kt = t(kjt)
+    rows = t(torch.tensor([[1, 3], [2, 4], [0, 5]]))
+    assert torch.allclose(kt["user"][0], rows[0, 0] + rows[1, 0], atol=1e-6)
+    assert torch.equal(kt["user"][1], torch.zeros(8)) and torch.equal(kt["item"][0], torch.zeros(8))
+    assert torch.allclose(kt["item"][1], rows[:, 1].mean(0), atol=1e-6)  # mean pooling
+
+
+def check_embedding_bag_semantics(make_bag, weight_of, n, bad_id=None):
+    """Drop-in vs ``F.embedding_bag`` over rows materialised from the same table."""
+    inp = torch.tensor([3, 7, 7, 0, n - 1, 12])
+    offs = torch.tensor([0, 2, 2, 5])  # bag 1 is empty
+    for mode in ("sum", "mean", "max"):
+        bag = make_bag(mode=mode)
+        w = weight_of(bag)
+        ref = F.embedding_bag(inp, w, offs, mode=mode)
+        assert torch.allclose(bag(inp, offs), ref, atol=1e-6), mode
+        assert torch.equal(bag(inp, offs)[1], torch.zeros(w.shape[1]))
+        x2 = inp[:6].view(2, 3)
+        assert torch.allclose(bag(x2), F.embedding_bag(x2, w, mode=mode), atol=1e-6), mode
+    bag = make_bag(mode="sum")
+    w = weight_of(bag)
+    psw = torch.tensor([0.5, -1.0, 2.0, 1.0, 3.0, 0.25])
+    assert torch.allclose(bag(inp, offs, psw), F.embedding_bag(inp, w, offs, mode="sum", per_sample_weights=psw),
+                          atol=1e-6)
+    bag = make_bag(mode="mean", include_last_offset=True, padding_idx=7)
+    w = weight_of(bag)
+    offs_last = torch.tensor([0, 2, 2, 5, 6])
+    ref = F.embedding_bag(inp, w, offs_last, mode="mean", include_last_offset=True, padding_idx=7)
+    assert torch.allclose(bag(inp, offs_last), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="got id"):
+        make_bag(mode="sum")(torch.tensor([n if bad_id is None else bad_id]), torch.tensor([0]))
+
+
+def test_drop_in_matches_embedding_bag_semantics():
+    n = 50
+
+    def make(**kw):
+        torch.manual_seed(1)
+        return DHEEmbeddingBag(n, 8, num_hashes=32, hidden=8, **kw).eval()
+
+    def weight_of(bag):
+        with torch.no_grad():
+            ids = torch.arange(n)
+            return bag.table.embed(ids, torch.zeros_like(ids))
+
+    check_embedding_bag_semantics(make, weight_of, n, bad_id=-1)  # vocabulary-free: only negatives fail
+    big = DHEEmbeddingBag(2**63, 8, mode="sum", num_hashes=32, hidden=8)
+    assert big(torch.tensor([2**50, 3, 2**61]), torch.tensor([0, 1])).shape == (2, 8)
+
+
+def test_training_step_and_state_dict_round_trip():
+    t = small()
+    opt = torch.optim.Adam(t.parameters(), lr=1e-2)
+    ids = torch.randint(0, 2**62, (32, 2))
+    t(ids).pow(2).sum().backward()
+    opt.step()
+    assert int(t.mlps[0][1].num_batches_tracked) == 1
+    clone = make_table_from_config(t.config())
+    assert clone.config() == t.config()
+    clone.load_state_dict(t.state_dict())
+    t.eval(), clone.eval()
+    assert torch.equal(t(ids), clone(ids))
+    assert "field_hash.coef" in t.state_dict() and "enc_hash.coef" in t.state_dict()
+
+
+def test_table_trains_a_step_inside_torchrec_dlrm_dcn():
+    from torchrec.models.dlrm import DLRM_DCN
+
+    torch.manual_seed(0)
+    feats = [Feature(f"C{i}", n, 8) for i, n in enumerate([30, 5000, 700])]
+    table = make_table("dhe", feats)
+    model = DLRM_DCN(embedding_bag_collection=table, dense_in_features=4, dense_arch_layer_sizes=[16, 8],
+                     over_arch_layer_sizes=[16, 1], dcn_num_layers=1, dcn_low_rank_dim=4)
+    b = 16
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=[f.name for f in feats], values=torch.cat([torch.randint(0, f.num_embeddings, (b,)) for f in feats]),
+        lengths=torch.ones(b * len(feats), dtype=torch.long))
+    opt = torch.optim.Adam(table.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in table.parameters()]
+    loss = model(torch.randn(b, 4), kjt).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, table.parameters()))
