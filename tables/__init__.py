@@ -33,3 +33,23 @@ __all__ = [
     "FullTable",
     "FullEmbeddingBag",
 ]
+from .hash import GatherTable, HashEmbeddingBag, HashTable  # noqa: E402
+
+__all__ += ["GatherTable", "HashTable", "HashEmbeddingBag"]
+from .tt import TTEmbeddingBag, TTTable  # noqa: E402
+from .dhe import DHEEmbeddingBag, DHETable  # noqa: E402
+from .mde import MDEmbeddingBag, MDETable  # noqa: E402
+
+__all__ += ["TTTable", "TTEmbeddingBag", "DHETable", "DHEEmbeddingBag", "MDETable", "MDEmbeddingBag"]
+from .double_hash import DoubleHashEmbeddingBag, DoubleHashTable  # noqa: E402
+from .compositional import CompositionalEmbeddingBag, CompositionalTable  # noqa: E402
+from .qr import QREmbeddingBag, QRTable  # noqa: E402
+from .robe import RobeEmbeddingBag, RobeTable  # noqa: E402
+
+__all__ += [
+    "DoubleHashTable", "DoubleHashEmbeddingBag", "CompositionalTable", "CompositionalEmbeddingBag",
+    "QRTable", "QREmbeddingBag", "RobeTable", "RobeEmbeddingBag",
+]
+from .quantized import QuantizedTable, export  # noqa: E402
+
+__all__ += ["QuantizedTable", "export"]

@@ -1,0 +1,321 @@
+"""Double hashing with an optional frequency-aware id map (Zhang et al., "Model Size Reduction Using
+Frequency Based Double Hashing for Recommender Systems", RecSys 2020, arXiv 2007.14523).
+
+Each id is hashed by two independent universal hashes into two tables (or one shared table) and
+the two rows are summed (default) or concatenated (two ``D/2`` halves): a full collision needs both
+hashes to collide. The frequency-aware (hybrid) variant gives the top-K frequent ids of a feature
+their own dedicated rows through an id map (a sorted-array + ``searchsorted`` buffer that memory
+accounting counts); the other ids are double-hashed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
+from .budget import allocate_rows, solve_knob
+from .feature import Feature
+from .hash import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
+from .hashing import HashFamily
+from .registry import register
+
+IdsSpec = Optional[Mapping[str, Union[Tensor, Sequence[int]]]]
+
+
+@register("double_hash")
+class DoubleHashTable(GatherTable):
+    """Two hashes per id into per-feature tables, rows combined by sum or concat (+ frequent ids).
+
+    Feature ``f`` gets ``r_f`` rows of width ``D`` in all (both tables). With ``combine="sum"``
+    the two tables have ``ceil(r_f/2)`` and ``floor(r_f/2)`` rows of width ``D`` and
+    ``e(x) = T1[h1(x)] + T2[h2(x)]``; with ``combine="concat"`` both tables have ``r_f`` rows of
+    width ``D/2`` and ``e(x) = [T1[h1(x)], T2[h2(x)]]``. ``shared=True`` puts both hashes into one
+    table of the feature's rows. A feature whose rows cover its vocabulary (``r_f >= N_f``) keeps a
+    plain collision-free table (id ``x`` -> row ``x mod N_f``).
+
+    Frequency-aware variant: ``frequent_ids={name: LongTensor[K_f]}`` gives those ids their own
+    ``D``-wide rows (``K_f * D`` floats); the lookup is an exact id map: ``freq_uniq`` (the sorted
+    distinct frequent ids) and ``freq_key`` (sorted ``uid * F + field``) with two ``searchsorted``.
+
+    Args:
+        features: the features (one ``embedding_dim``; even for concat). Ids: any non-negative int64.
+        rows: per-feature total rows ``r_f`` (int capped at ``N_f``, list, or dict).
+        total_rows: alternatively a total split proportionally to ``N_f`` (capped; at least
+            ``min_rows`` each). Neither: ``r_f = min(N_f, 2**20)``.
+        combine: ``"sum"`` (default) or ``"concat"``.
+        shared: both hashes index one table per feature.
+        frequent_ids: optional dedicated-row ids per feature name (duplicates are dropped; ignored
+            for collision-free features).
+        min_rows: floor of a feature's rows under ``total_rows`` (default 2: one row per table).
+        seed, sparse, init_scale: as in :class:`slimembed.tables.HashTable`.
+
+    Memory: ``(sum_f r_f + sum_f K_f) * D`` fp32 + id map ``8 * (U + K)`` + hash coefficients
+    and per-feature offsets.
+
+    Shapes: dense ``[B, F]`` -> ``[B, F, D]``; KJT -> ``KeyedTensor [B, F * D]``.
+
+    Example::
+
+        >>> t = DoubleHashTable([Feature("C1", 10**6, 16)], rows=5000,
+        ...                     frequent_ids={"C1": torch.tensor([3, 7, 11])})
+        >>> t(torch.tensor([[3], [10**5]])).shape
+        torch.Size([2, 1, 16])
+    """
+
+    method = "double_hash"
+    needs_range = False
+    DEFAULT_MAX_ROWS = 2**20
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        rows: RowsSpec = None,
+        total_rows: Optional[int] = None,
+        combine: str = "sum",
+        shared: bool = False,
+        frequent_ids: IdsSpec = None,
+        min_rows: int = 2,
+        seed: int = 0,
+        sparse: bool = False,
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        super().__init__(features)
+        dim = common_dim(self.features, "DoubleHashTable")
+        if combine not in ("sum", "concat"):
+            raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
+        if combine == "concat" and dim % 2:
+            raise ValueError(f"combine='concat' needs an even embedding_dim, got {dim}")
+        sizes = [int(f.num_embeddings) for f in self.features]
+        if rows is not None and total_rows is not None:
+            raise ValueError("give rows or total_rows, not both")
+        if total_rows is not None:
+            r = allocate_rows(int(total_rows), sizes, minimum=min_rows, exact=True)
+        elif rows is not None:
+            r = [min(a, n) for a, n in zip(per_feature(rows, self.features, "rows"), sizes)]
+        else:
+            r = [min(n, self.DEFAULT_MAX_ROWS) for n in sizes]
+        for f, a in zip(self.features, r):
+            if a < 1:
+                raise ValueError(f"DoubleHashTable: feature {f.name!r} needs at least 1 row, got {a}")
+        self.rows_list = r
+        self.combine_mode = combine
+        self.num_slots = 2
+        self.shared = bool(shared)
+        self.min_rows = int(min_rows)
+        self.seed = int(seed)
+        self.sparse = bool(sparse)
+        self.init_scale = float(init_scale)
+        u = 2 if combine == "concat" else 1  # units (rows of the weight) per D-wide row
+        width = dim // u
+
+        off1, m1, off2, m2, direct = [], [], [], [], []
+        base = 0
+        for a, n in zip(r, sizes):
+            if a >= n:  # collision-free: N_f rows (concat: two column blocks of N_f half-rows)
+                direct.append(True)
+                off1.append(base); m1.append(n); off2.append(base + n if u == 2 else base); m2.append(n)
+                base += n * u
+                continue
+            direct.append(False)
+            units = a * u
+            if self.shared or units < 2:
+                off1.append(base); m1.append(units); off2.append(base); m2.append(units)
+            else:
+                h = (units + 1) // 2
+                off1.append(base); m1.append(h); off2.append(base + h); m2.append(units - h)
+            base += units
+        self._direct = direct
+        self.hashes = HashFamily(2, seed=self.seed, salts=self.feature_names)
+        as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+        self.register_buffer("off1", as_long(off1))
+        self.register_buffer("m1", as_long(m1))
+        self.register_buffer("off2", as_long(off2))
+        self.register_buffer("m2", as_long(m2))
+        self.register_buffer("direct", torch.tensor(direct, dtype=torch.bool), persistent=False)
+
+        # ---- frequency-aware id map
+        self.freq_base = base
+        uniq, key, counts = self._build_id_map(frequent_ids)
+        self.frequent_counts = counts
+        self.register_buffer("freq_uniq", uniq)
+        self.register_buffer("freq_key", key)
+        self.num_frequent = int(sum(counts))
+        self._has_freq = self.num_frequent > 0
+        self.weight = nn.Parameter(torch.empty(base + self.num_frequent * u, width))
+        self.reset_parameters()
+
+    def _build_id_map(self, frequent_ids: IdsSpec) -> Tuple[Tensor, Tensor, List[int]]:
+        nf = self.num_features
+        empty = torch.zeros(0, dtype=torch.long)
+        counts = [0] * nf
+        if not frequent_ids:
+            return empty.clone(), empty.clone(), counts
+        unknown = sorted(set(frequent_ids) - set(self.feature_names))
+        if unknown:
+            raise ValueError(f"frequent_ids names unknown features {unknown}")
+        ids_l, fld_l = [], []
+        for i, f in enumerate(self.features):
+            if f.name not in frequent_ids or self._direct[i]:
+                continue
+            v = torch.as_tensor(frequent_ids[f.name], dtype=torch.long, device="cpu").reshape(-1)
+            v = torch.unique(v)
+            if v.numel() and int(v.min()) < 0:
+                raise ValueError(f"frequent_ids[{f.name!r}] holds a negative id {int(v.min())}")
+            counts[i] = int(v.numel())
+            ids_l.append(v)
+            fld_l.append(torch.full_like(v, i))
+        if not ids_l:
+            return empty.clone(), empty.clone(), counts
+        ids = torch.cat(ids_l)
+        fld = torch.cat(fld_l)
+        uniq, inv = torch.unique(ids, sorted=True, return_inverse=True)
+        key, _ = torch.sort(inv * nf + fld)
+        return uniq, key, counts
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
+
+    @property
+    def rows_per_feature(self) -> List[int]:
+        return list(self.rows_list)
+
+    def config(self) -> Dict[str, Any]:
+        cfg = {**super().config(), "rows": list(self.rows_list), "combine": self.combine_mode,
+               "shared": self.shared, "seed": self.seed, "sparse": self.sparse,
+               "init_scale": self.init_scale}
+        if self._has_freq:
+            cfg["frequent_ids"] = self.frequent_ids_dict()
+        return cfg
+
+    def frequent_ids_dict(self) -> Dict[str, List[int]]:
+        """``{feature: [ids with dedicated rows]}`` read back from the id map."""
+        nf = self.num_features
+        uid, fld = self.freq_key // nf, self.freq_key % nf
+        out: Dict[str, List[int]] = {}
+        for i, f in enumerate(self.features):
+            sel = fld == i
+            if bool(sel.any()):
+                out[f.name] = self.freq_uniq[uid[sel]].tolist()
+        return out
+
+    @staticmethod
+    def top_k_ids(counts: Mapping[str, Tensor], k: Union[int, Mapping[str, int]]) -> Dict[str, Tensor]:
+        """``{name: counts[N_f]}`` (occurrences of each id) -> ``{name: the k most frequent ids}``."""
+        out = {}
+        for name, c in counts.items():
+            kk = int(k[name]) if isinstance(k, Mapping) else int(k)
+            c = torch.as_tensor(c)
+            kk = min(kk, c.numel())
+            out[name] = torch.topk(c, kk, sorted=True).indices if kk > 0 else c.new_zeros(0, dtype=torch.long)
+        return out
+
+    def frequent_slot(self, ids: Tensor, fields: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """``(hit BoolTensor, position LongTensor)`` of each ``(field, id)`` in the id map."""
+        nf = self.num_features
+        fld = torch.arange(nf, device=ids.device) if fields is None else fields
+        k = torch.searchsorted(self.freq_uniq, ids).clamp_(max=self.freq_uniq.numel() - 1)
+        hit = self.freq_uniq[k] == ids
+        key = k * nf + fld
+        p = torch.searchsorted(self.freq_key, key).clamp_(max=self.freq_key.numel() - 1)
+        hit &= self.freq_key[p] == key
+        return hit, p
+
+    def gather_index(self, ids: Tensor, fields: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        pf = self.per_field
+        m1, m2 = pf(self.m1, fields), pf(self.m2, fields)
+        i1 = self.hashes(ids, m1, index=0, fields=fields)
+        i2 = self.hashes(ids, m2, index=1, fields=fields)
+        single = None  # ids that read one dedicated D-wide row (direct features, frequent ids)
+        concat = self.combine_mode == "concat"
+        if any(self._direct):
+            d = pf(self.direct, fields)
+            x = torch.remainder(ids, m1)
+            i1 = torch.where(d, x, i1)
+            i2 = torch.where(d, x, i2)
+            single = d
+        i1 = i1 + pf(self.off1, fields)
+        i2 = i2 + pf(self.off2, fields)
+        if self._has_freq:
+            hit, p = self.frequent_slot(ids, fields)
+            r = self.freq_base + (2 * p if concat else p)
+            i1 = torch.where(hit, r, i1)
+            i2 = torch.where(hit, r + 1 if concat else r, i2)
+            single = hit if single is None else single | hit
+        idx = torch.stack([i1, i2], -1)
+        coef = None
+        if single is not None and not concat:  # sum: drop the second slot of single-row ids
+            ones = torch.ones_like(single, dtype=torch.float32)
+            coef = torch.stack([ones, (~single).to(ones.dtype)], -1)
+        return idx, coef
+
+    @classmethod
+    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
+        """The table at knob ``total_rows = value`` (what :meth:`for_budget` solves)."""
+        return cls(list(features), total_rows=value, **kwargs)
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DoubleHashTable":
+        """The most hashed rows (``total_rows``) under ``budget_bytes``; frequent rows are fixed.
+
+        Granularity: one ``D``-wide row, ``4 * D`` bytes.
+        """
+        features = list(features)
+        kwargs.pop("rows", None)
+        kwargs.pop("total_rows", None)
+        dim = common_dim(features, "DoubleHashTable")
+        sizes = [int(f.num_embeddings) for f in features]
+        floor = sum(min(n, int(kwargs.get("min_rows", 2))) for n in sizes)
+        hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
+        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
+                          floor, hi, method=cls.method, knob="total_rows")
+
+
+class DoubleHashEmbeddingBag(TableEmbeddingBag):
+    """``nn.EmbeddingBag`` drop-in backed by :class:`DoubleHashTable` (one feature).
+
+    Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space;
+    ``max_norm``, ``scale_grad_by_freq``, ``_weight`` raise ``NotImplementedError``), plus
+    keyword-only ``num_rows`` (the
+    feature's rows in both tables together; default ``min(num_embeddings, 2**20)``), ``combine``,
+    ``shared``, ``frequent_ids`` (``LongTensor`` of ids with their own rows), ``seed``.
+    ``forward(input, offsets=None, per_sample_weights=None) -> [B, embedding_dim]``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        num_rows: Optional[int] = None,
+        combine: str = "sum",
+        shared: bool = False,
+        frequent_ids: Optional[Union[Tensor, Sequence[int]]] = None,
+        seed: int = 0,
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
+        table = DoubleHashTable(
+            [Feature("input", num_embeddings, embedding_dim)], rows=num_rows, combine=combine,
+            shared=shared, frequent_ids=None if frequent_ids is None else {"input": frequent_ids},
+            seed=seed, sparse=sparse, init_scale=init_scale,
+        )
+        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
+                         padding_idx=padding_idx)
+        table.to(device=device, dtype=dtype)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.table.weight

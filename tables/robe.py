@@ -1,0 +1,229 @@
+"""ROBE: Random Offset Block Embedding (Desai, Chou, Shrivastava, MLSys 2022, arXiv 2108.02191).
+
+All features share one learnable 1-D array ``A`` of ``m`` floats. The embedding of id ``x`` of
+feature ``f`` is ``Z`` blocks of ``D/Z`` contiguous values::
+
+    e(x)[z*b + i] = s_{f,z}(x) * A[(h_{f,z}(x) + i) mod m],    b = D / Z, i in [0, b)
+
+with ``h_{f,z}`` a universal hash into ``[0, m)`` (salted by feature name, one per block) and
+``s_{f,z}`` a ±1 sign hash. Blocks wrap around the end of the array. ``Z = 1`` (one block of ``D``
+values, the Hetu benchmark's setting) is the default. Memory is ``m`` floats whatever the
+vocabulary: the table is vocabulary-free (any non-negative int64 id).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .budget import solve_knob
+from .feature import Feature
+from .hash import common_dim, unsupported_bag_args
+from .hashing import HashFamily
+from .registry import register
+
+
+class _ArrayGather(torch.autograd.Function):
+    """``array[pos]`` for a 1-D array; the gradient is one accumulating ``index_put_``."""
+
+    @staticmethod
+    def forward(ctx, array: Tensor, pos: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pos)
+        ctx.size = array.shape[0]
+        return array.index_select(0, pos.reshape(-1)).view(pos.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (pos,) = ctx.saved_tensors
+        g = grad.new_zeros(ctx.size)
+        g.index_add_(0, pos.reshape(-1), grad.contiguous().reshape(-1))  # 1-D: a serial, deterministic loop
+        return g, None
+
+
+@register("robe")
+class RobeTable(EmbeddingTable):
+    """One shared array of ``size`` floats; each embedding is ``Z`` hashed, signed, wrapping blocks.
+
+    Args:
+        features: the features (one ``embedding_dim`` ``D``; any non-negative int64 ids).
+        size: ``m``, the array's length in floats. Default: ``min(sum_f N_f * D, 2**24)``.
+        num_blocks: ``Z`` blocks per embedding (``D % Z == 0``), default 1.
+        block_size: alternatively the block length ``D / Z``.
+        signed: multiply each block by a ±1 sign hash (default True, as in the paper).
+        seed: the hash family's seed.
+        init_scale: uniform ``±init_scale`` (DESIGN §3: 0.05).
+
+    Memory: ``4 m`` bytes + hash coefficients (``32 F Z`` bytes with signs).
+
+    Shapes: dense ``[B, F]`` -> ``[B, F, D]``; KJT -> ``KeyedTensor [B, F * D]``.
+
+    Example::
+
+        >>> t = RobeTable([Feature("C1", 2**63, 16), Feature("C2", 10**6, 16)], size=10_000)
+        >>> t(torch.tensor([[2**50, 7]])).shape
+        torch.Size([1, 2, 16])
+    """
+
+    method = "robe"
+    needs_range = False
+    DEFAULT_MAX_SIZE = 2**24
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        size: Optional[int] = None,
+        num_blocks: Optional[int] = None,
+        block_size: Optional[int] = None,
+        signed: bool = True,
+        seed: int = 0,
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        super().__init__(features)
+        dim = common_dim(self.features, "RobeTable")
+        if num_blocks is not None and block_size is not None and num_blocks * block_size != dim:
+            raise ValueError(f"num_blocks * block_size must equal embedding_dim {dim}")
+        if num_blocks is None:
+            num_blocks = 1 if block_size is None else dim // block_size
+        if num_blocks < 1 or dim % num_blocks:
+            raise ValueError(f"num_blocks must divide embedding_dim {dim}, got {num_blocks}")
+        if size is None:
+            size = min(sum(min(int(f.num_embeddings), 2**40) for f in self.features) * dim,
+                       self.DEFAULT_MAX_SIZE)
+        size = int(size)
+        if size < 1:
+            raise ValueError(f"RobeTable: size must be >= 1, got {size}")
+        self.size = size
+        self.num_blocks = int(num_blocks)
+        self.block_size = dim // self.num_blocks
+        self.signed = bool(signed)
+        self.seed = int(seed)
+        self.init_scale = float(init_scale)
+        self.hashes = HashFamily(self.num_blocks, seed=self.seed, salts=self.feature_names,
+                                 with_sign=self.signed)
+        self.register_buffer("arange_block", torch.arange(self.block_size), persistent=False)
+        self.weight = nn.Parameter(torch.empty(size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
+
+    def config(self) -> Dict[str, Any]:
+        return {**super().config(), "size": self.size, "num_blocks": self.num_blocks,
+                "signed": self.signed, "seed": self.seed, "init_scale": self.init_scale}
+
+    # ------------------------------------------------------------------ lookup
+    def _coef(self, coef: Tensor, ids: Tensor, fields: Optional[Tensor]):
+        """``(a, b)`` broadcastable to ``ids[..., Z]``."""
+        c = coef if fields is None else coef[fields]  # [F, Z, 2] or [..., Z, 2]
+        return c[..., 0], c[..., 1]
+
+    def positions(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
+        """``LongTensor[..., D]``: the array index of each value of each id's embedding."""
+        from .hashing import universal_hash
+
+        a, b = self._coef(self.hashes.coef, ids, fields)
+        start = universal_hash(ids.unsqueeze(-1), a, b, self.size)  # [..., Z]
+        if self.size < 2**31:
+            start = start.to(torch.int32)  # halves the traffic of the [..., D] index math
+        pos = start.unsqueeze(-1) + self.arange_block.to(start.dtype)  # [..., Z, b]
+        if self.block_size > 1:
+            # only blocks that start in the last b-1 slots wrap: fix that (rare) subset in place
+            wrap = (start > self.size - self.block_size).reshape(-1).nonzero().squeeze(1)
+            if wrap.numel():
+                flat = pos.view(-1, self.block_size)
+                flat[wrap] = torch.remainder(flat[wrap], self.size)
+        return pos.flatten(-2)
+
+    def signs(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
+        """``FloatTensor[..., Z]`` of ±1."""
+        from .hashing import _to_sign, universal_hash
+
+        a, b = self._coef(self.hashes.sign_coef, ids, fields)
+        return _to_sign(universal_hash(ids.unsqueeze(-1), a, b, None), torch.float32)
+
+    def _rows(self, ids: Tensor, fields: Optional[Tensor], read=None) -> Tensor:
+        """Embeddings ``[..., D]``; ``read(pos) -> values`` replaces the array read (quantized export)."""
+        pos = self.positions(ids, fields)  # [..., D]
+        if read is None:
+            vals = _ArrayGather.apply(self.weight, pos)  # [..., D]
+        else:
+            vals = read(pos)
+        if self.signed:
+            s = self.signs(ids, fields).to(vals.dtype)  # [..., Z]
+            if self.num_blocks == 1:
+                vals = vals * s
+            else:
+                vals = (vals.unflatten(-1, (self.num_blocks, self.block_size)) * s.unsqueeze(-1)).flatten(-2)
+        return vals
+
+    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
+        return self._rows(ids, fields)
+
+    def forward_dense(self, ids: Tensor) -> Tensor:
+        return self._rows(ids, None)
+
+    @classmethod
+    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
+        """The table at knob ``size = value`` (what :meth:`for_budget` solves)."""
+        return cls(list(features), size=value, **kwargs)
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "RobeTable":
+        """The largest array under ``budget_bytes``. Granularity: one float, 4 bytes."""
+        features = list(features)
+        kwargs.pop("size", None)
+        dim = common_dim(features, "RobeTable")
+        full = sum(min(int(f.num_embeddings), 2**40) for f in features) * dim
+        hi = max(1, min(full, budget_bytes // 4))
+        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 1, hi,
+                          method=cls.method, knob="size")
+
+
+class RobeEmbeddingBag(TableEmbeddingBag):
+    """``nn.EmbeddingBag`` drop-in backed by :class:`RobeTable` (one feature, ``size`` floats).
+
+    Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space;
+    ``max_norm``, ``scale_grad_by_freq``, ``_weight`` raise ``NotImplementedError``), plus
+    keyword-only ``size`` (default
+    ``min(num_embeddings * embedding_dim, 2**24)``), ``num_blocks`` (1), ``signed`` (True), ``seed``.
+    ``forward(input, offsets=None, per_sample_weights=None) -> [B, embedding_dim]``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        size: Optional[int] = None,
+        num_blocks: int = 1,
+        signed: bool = True,
+        seed: int = 0,
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
+        if sparse:
+            raise NotImplementedError("RobeEmbeddingBag has one shared array; sparse=True is not supported")
+        table = RobeTable([Feature("input", num_embeddings, embedding_dim)], size=size,
+                          num_blocks=num_blocks, signed=signed, seed=seed, init_scale=init_scale)
+        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
+                         padding_idx=padding_idx)
+        table.to(device=device, dtype=dtype)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.table.weight
