@@ -33,7 +33,8 @@ __all__ = [
     "FullTable",
     "FullEmbeddingBag",
 ]
-from .hash import GatherTable, HashEmbeddingBag, HashTable  # noqa: E402
+from .gather import GatherTable  # noqa: E402
+from .hash import HashEmbeddingBag, HashTable  # noqa: E402
 
 __all__ += ["GatherTable", "HashTable", "HashEmbeddingBag"]
 from .tt import TTEmbeddingBag, TTTable  # noqa: E402

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
 from .budget import allocate_rows, solve_knob
 from .feature import Feature
-from .hash import GatherTable, common_dim, unsupported_bag_args
+from .gather import GatherTable, common_dim, unsupported_bag_args
 from .registry import register
 
 OPERATIONS = ("mult", "add", "concat")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
 from .budget import allocate_rows, solve_knob
 from .feature import Feature
-from .hash import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
+from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
 from .hashing import HashFamily
 from .registry import register
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
 from .feature import Feature
+from .gather import GatherTable
 from .registry import register
 
 
 @register("full")
-class FullTable(EmbeddingTable):
+class FullTable(GatherTable):
     """All features' rows in one fused ``[sum_f N_f, D]`` parameter; a lookup is one gather.
+
+    A :class:`~slimembed.tables.gather.GatherTable` with one slot: row = id + the field's offset.
 
     Args:
         features: the features; all must share ``embedding_dim``.
@@ -65,25 +68,19 @@ class FullTable(EmbeddingTable):
             )
         return table
 
-    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
-        return F.embedding(ids + self.row_offsets[fields], self.weight, sparse=self.sparse)
+    def gather_index(self, ids: Tensor, fields: Optional[Tensor]) -> Tuple[Tensor, None]:
+        offsets = self.row_offsets if fields is None else self.row_offsets[fields]
+        return (ids + offsets).unsqueeze(-1), None
 
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        # [B, F] + [F] broadcast: no flattened field index needed on the hot path.
-        return F.embedding(ids + self.row_offsets, self.weight, sparse=self.sparse)
-
-    def pool(
-        self, ids: Tensor, fields: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor] = None
-    ) -> Tensor:
-        return F.embedding_bag(
-            ids + self.row_offsets[fields], self.weight, offsets, mode="sum",
-            per_sample_weights=per_sample_weights, include_last_offset=True, sparse=self.sparse,
-        )
+    @property
+    def rows_per_feature(self) -> List[int]:
+        return [int(f.num_embeddings) for f in self.features]
 
     def bag(
         self, ids: Tensor, offsets: Tensor, mode: str, per_sample_weights: Optional[Tensor],
         padding_idx: Optional[int],
     ) -> Tensor:
+        # one feature, no offsets: exactly nn.EmbeddingBag's kernel (every mode, padding_idx)
         return F.embedding_bag(
             ids, self.weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
             include_last_offset=True, padding_idx=padding_idx, sparse=self.sparse,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
 from .compositional import CompositionalTable
-from .hash import unsupported_bag_args
+from .gather import unsupported_bag_args
 from .feature import Feature
 from .registry import register
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import EmbeddingTable, TableEmbeddingBag
-from .hash import GatherTable
+from .gather import GatherTable
 
 DTYPES = ("int8", "fp16")
 ROBE_CHUNK = 64

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
 from .budget import solve_knob
 from .feature import Feature
-from .hash import common_dim, unsupported_bag_args
+from .gather import common_dim, unsupported_bag_args
 from .hashing import HashFamily
 from .registry import register
 

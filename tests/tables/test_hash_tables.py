@@ -14,7 +14,7 @@ from slimembed.tables import (
     make_table_from_config,
     memory_report,
 )
-from slimembed.tables.hash import combine_rows, gather_combine
+from slimembed.tables.gather import combine_rows, gather_combine
 from slimembed.tables.hashing import hash_ids, hash_sign
 
 FEATS = [Feature("a", 2**63, 8), Feature("b", 40, 8), Feature("c", 10**6, 8)]
