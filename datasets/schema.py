@@ -10,6 +10,16 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from slimembed.tables.feature import Feature
 
 
+def fold_size(num_embeddings: int, fold: Optional[int], min_rows: int = 0) -> int:
+    """``ceil(num_embeddings / fold)`` (at least 1); ``num_embeddings`` when ``fold`` is None or
+    ``num_embeddings <= min_rows`` (small fields left whole)."""
+    if fold is None or int(num_embeddings) <= int(min_rows):
+        return int(num_embeddings)
+    if int(fold) < 1:
+        raise ValueError(f"fold must be a positive integer, got {fold!r}")
+    return max(1, -(-int(num_embeddings) // int(fold)))
+
+
 @dataclass(frozen=True)
 class CategoricalColumn:
     """One categorical column.
@@ -65,13 +75,37 @@ class Schema:
     def multi_valued(self) -> bool:
         return any(c.multi_valued for c in self.categorical)
 
-    def features(self, embedding_dim: int = 16) -> List[Feature]:
+    def features(self, embedding_dim: int = 16, fold: Optional[int] = None,
+                 fold_min_rows: int = 0) -> List[Feature]:
+        """One :class:`~slimembed.tables.Feature` per categorical column, in column order.
+
+        ``fold=k`` gives the folded sizes ``ceil(num_embeddings / k)`` that a loader with the same
+        ``fold`` (and ``fold_min_rows``) produces ids for (see :meth:`fold_sizes`).
+        """
         out = []
         for c in self.categorical:
             if c.num_embeddings < 1:
                 raise ValueError(f"column {c.name!r} has no vocabulary size yet (num_embeddings=0)")
-            out.append(Feature(c.name, int(c.num_embeddings), embedding_dim, c.pooling))
+        sizes = self.fold_sizes(fold, fold_min_rows)
+        for c, n in zip(self.categorical, sizes):
+            out.append(Feature(c.name, int(n), embedding_dim, c.pooling))
         return out
+
+    def fold_sizes(self, fold: Optional[int] = None, min_rows: int = 0) -> List[int]:
+        """``num_embeddings`` per column after folding ids modulo ``ceil(num_embeddings / fold)``
+        (the "ids folded to 1/10, 1/100 of the rows" experiment); unchanged for ``None`` and for
+        columns with at most ``min_rows`` rows."""
+        return [fold_size(c.num_embeddings, fold, min_rows) for c in self.categorical]
+
+    def folded(self, fold: Optional[int], min_rows: int = 0) -> "Schema":
+        """A copy whose ``num_embeddings`` are the folded sizes."""
+        cats = [CategoricalColumn(c.name, n, c.separator, c.pooling)
+                for c, n in zip(self.categorical, self.fold_sizes(fold, min_rows))]
+        meta = dict(self.meta)
+        if fold is not None:
+            meta["fold"] = int(fold)
+            meta["fold_min_rows"] = int(min_rows)
+        return Schema(self.label, list(self.dense), cats, self.vocabulary_free, meta)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
