@@ -1,0 +1,141 @@
+"""The ``slimembed`` command: generate, prepare, train, bench, demo.
+
+Run ``slimembed COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from slimembed.datasets import generate
+
+    kw = {} if args.scale is None else {"scale": args.scale}
+    rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, progress=True, **kw)
+    print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from slimembed.datasets import prepare_criteo, prepare_table
+
+    for p in args.inputs:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"input file {p!r} does not exist")
+    split = "by_file" if args.split == "by_file" else tuple(int(x) for x in args.split.split(":"))
+    common = dict(min_count=args.min_count, split=split, seed=args.seed,
+                  vocabulary_free=args.vocabulary_free, on_bad_row=args.on_bad_row)
+    if args.format == "criteo":
+        rep = prepare_criteo(args.inputs, args.out, dense=args.dense, **common)
+    else:
+        from slimembed.datasets import AVAZU_SPEC
+
+        if args.format == "avazu":
+            spec = AVAZU_SPEC
+        else:
+            if not args.schema:
+                raise ValueError("--format table needs --schema FILE.yaml (label, dense, categorical, multi_valued)")
+            import yaml
+
+            spec = yaml.safe_load(Path(args.schema).read_text())
+        rep = prepare_table(args.inputs, args.out, spec, **common)
+    print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from slimembed.ctr.experiment import load_config, result_summary, run_experiment
+
+    cfg = load_config(args.config, args.set)
+    record = run_experiment(cfg)
+    for line in result_summary(record):
+        print(line)
+    if record.get("output_path"):
+        print(f"result record: {record['output_path']}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "train":
+        from slimembed.ctr.bench import main as bench_train_main
+
+        return int(bench_train_main(args.rest) or 0)
+    if args.what == "tables":
+        from slimembed.ctr.bench_tables import main as bench_tables_main
+
+        return int(bench_tables_main(args.rest) or 0)
+    raise ValueError(f"unknown benchmark {args.what!r}; choose train or tables")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from slimembed.ctr.demo import run_demo
+
+    run_demo(out_dir=args.out, rows=args.rows, methods=args.methods, compression=args.compression,
+             epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimembed", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write synthetic Criteo-like data (processed or raw TSV)")
+    g.add_argument("--out", required=True, help="output directory (processed) or .tsv file")
+    g.add_argument("--rows", type=int, default=1_000_000)
+    g.add_argument("--scale", type=float, default=None, help="cardinality scale vs Criteo Kaggle (default 0.02: ~730k values)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--format", choices=["processed", "tsv"], default="processed")
+    g.set_defaults(func=_cmd_generate)
+
+    r = sub.add_parser("prepare", help="preprocess raw Criteo/Avazu/CSV/Parquet into the processed format")
+    r.add_argument("inputs", nargs="+", help="input files (Criteo train.txt / day_N, CSV, TSV, Parquet)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--format", choices=["criteo", "avazu", "table"], default="criteo")
+    r.add_argument("--schema", help="YAML schema for --format table")
+    r.add_argument("--min-count", type=int, default=10)
+    r.add_argument("--dense", choices=["log", "bucket"], default="log")
+    r.add_argument("--split", default="8:1:1", help="train:val:test ratio, or by_file")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--vocabulary-free", action="store_true", help="stable 64-bit ids, no vocabulary")
+    r.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    r.set_defaults(func=_cmd_prepare)
+
+    t = sub.add_parser("train", help="train and evaluate one experiment from a YAML config")
+    t.add_argument("--config", help="experiment YAML (data/model/table/train/output)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set table.method=hash --set table.compression=10")
+    t.set_defaults(func=_cmd_train)
+
+    b = sub.add_parser("bench", help="benchmarks: train (embedding optimizers vs torchrec), tables")
+    b.add_argument("what", choices=["train", "tables"])
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see `bench train --help`)")
+    b.set_defaults(func=_cmd_bench)
+
+    d = sub.add_parser("demo", help="generate Criteo-like data, train DeepFM, print AUC and memory")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--rows", type=int, default=None, help="synthetic rows (default: the demo size)")
+    d.add_argument("--methods", nargs="+", default=None, help="table methods to compare (default: all that fit)")
+    d.add_argument("--compression", type=float, default=10.0)
+    d.add_argument("--epochs", type=int, default=1)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"slimembed {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

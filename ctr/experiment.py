@@ -1,0 +1,176 @@
+"""One experiment = data + model + table + training, as a plain dict / YAML file.
+
+This is the single way the CLI, the demo, benchmarks and sweeps build and run a model::
+
+    data:  {path: runs/demo/data, batch_size: 4096, fold: null}
+    model: {name: deepfm, embedding_dim: 16, hidden_units: [400, 400, 400]}
+    table: {method: full}            # or {method: hash, compression: 10}
+    train: {epochs: 1, lr: 0.001, embedding_optimizer: adam, seed: 0}
+    output: runs/demo/result.json
+
+``table.compression`` (or ``table.budget_bytes``, converted to the same ratio over the field
+table) applies to every table of the model: the field table and the 1-dim first-order table.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import yaml
+
+from slimembed.tables import Feature, make_table
+
+DEFAULTS: Dict[str, Any] = {
+    "data": {"path": None, "batch_size": 4096, "eval_batch_size": 16384, "fold": None,
+             "shuffle": True, "block_size": 65536},
+    "model": {"name": "deepfm", "embedding_dim": 16},
+    "table": {"method": "full"},
+    "train": {},
+    "output": None,
+}
+SECTIONS = tuple(DEFAULTS)
+DATA_KEYS = set(DEFAULTS["data"])
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(item: str) -> Dict[str, Any]:
+    """``"table.compression=10"`` -> ``{"table": {"compression": 10}}`` (value parsed as YAML)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.key=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    out: Dict[str, Any] = {}
+    cur = out
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Read a YAML experiment file, apply ``section.key=value`` overrides, fill defaults, validate."""
+    cfg: Dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        cfg = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"config file {str(p)!r} must hold a mapping, got {type(cfg).__name__}")
+    for item in overrides:
+        cfg = deep_merge(cfg, parse_override(item))
+    return validate_config(deep_merge(DEFAULTS, cfg))
+
+
+def validate_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Fail at once, saying what is wrong and what is allowed (before any data is read)."""
+    from slimembed.ctr.models import available_models, model_hyper_parameters
+    from slimembed.ctr.trainer import TrainConfig
+    from slimembed.tables import available_methods
+
+    unknown = sorted(set(cfg) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config sections {unknown}; allowed: {list(SECTIONS)}")
+    bad = sorted(set(cfg["data"]) - DATA_KEYS)
+    if bad:
+        raise ValueError(f"unknown data keys {bad}; allowed: {sorted(DATA_KEYS)}")
+    if cfg["data"]["path"] is None:
+        raise ValueError("data.path is required (a processed dataset directory; see `slimembed prepare`)")
+    if not (Path(cfg["data"]["path"]) / "schema.json").exists():
+        raise FileNotFoundError(
+            f"data.path {cfg['data']['path']!r} is not a processed dataset (no schema.json); "
+            "make one with `slimembed generate` or `slimembed prepare`"
+        )
+    name = cfg["model"].get("name")
+    if name not in available_models():
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    allowed = set(model_hyper_parameters(name)) | {"name", "embedding_dim"}
+    bad = sorted(set(cfg["model"]) - allowed)
+    if bad:
+        raise ValueError(f"model {name!r} has no options {bad}; allowed: {sorted(allowed)}")
+    method = cfg["table"].get("method")
+    if method not in available_methods():
+        raise ValueError(f"unknown table method {method!r}; available: {', '.join(available_methods())}")
+    TrainConfig.from_dict(cfg["train"])  # raises on unknown keys / bad values
+    return cfg
+
+
+def table_factory_from(cfg: Mapping[str, Any], field_features: Sequence[Feature], embedding_optimizer: str):
+    """``features -> table`` for this experiment; budgets become one compression ratio."""
+    from slimembed.ctr.optim import table_factory_for
+
+    tcfg = dict(cfg)
+    method = tcfg.pop("method")
+    budget = tcfg.pop("budget_bytes", None)
+    if budget is not None:
+        if "compression" in tcfg:
+            raise ValueError("table: give budget_bytes or compression, not both")
+        full = sum(f.num_embeddings * f.embedding_dim * 4 for f in field_features)
+        tcfg["compression"] = full / float(budget)
+    return table_factory_for(embedding_optimizer, method, **tcfg)
+
+
+def build_experiment(cfg: Mapping[str, Any]):
+    """Loaders, schema features and the model for a validated config.
+
+    Returns ``(model, train_loader, val_loader, test_loader, features, schema)``.
+    """
+    from slimembed.ctr.models import make_model
+    from slimembed.ctr.trainer import TrainConfig, seed_everything
+    from slimembed.datasets import load_processed, make_loader
+
+    data = cfg["data"]
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    schema = load_processed(data["path"]).schema
+    mcfg = dict(cfg["model"])
+    name = mcfg.pop("name")
+    dim = int(mcfg.pop("embedding_dim", 16))
+    features = schema.features(dim, fold=data.get("fold"))
+    seed_everything(tcfg.seed)  # model init is part of "same seed, same result"
+    factory = table_factory_from(cfg["table"], features, tcfg.embedding_optimizer)
+    model = make_model(name, features, schema.num_dense, table_factory=factory, **mcfg)
+    common = dict(fold=data.get("fold"))
+    train = make_loader(data["path"], "train", data["batch_size"], shuffle=data["shuffle"],
+                        seed=tcfg.seed, block_size=data["block_size"], **common)
+    val = make_loader(data["path"], "val", data["eval_batch_size"], **common)
+    test = make_loader(data["path"], "test", data["eval_batch_size"], **common)
+    return model, train, val, test, features, schema
+
+
+def run_experiment(cfg: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Train and evaluate one experiment; returns (and writes to ``output``) the JSON record."""
+    from slimembed.ctr.trainer import train_and_evaluate
+
+    model, train, val, test, features, schema = build_experiment(cfg)
+    info = {"experiment": dict(cfg), "schema_meta": schema.meta, **(extra or {})}
+    return train_and_evaluate(model, train, val, test, config=cfg["train"],
+                              output_path=cfg.get("output"), extra=info)
+
+
+def result_summary(record: Mapping[str, Any]) -> List[str]:
+    """Human lines for a result record."""
+    test = record["metrics"].get("test") or {}
+    mem = record["memory"]
+    lines = [
+        f"test AUC {test.get('auc', float('nan')):.4f}  logloss {test.get('logloss', float('nan')):.4f}",
+        f"embedding tables {mem['table_bytes'] / 2**20:.2f} MiB vs full fp32 {mem['full_bytes'] / 2**20:.2f} MiB "
+        f"({mem['ratio']:.2f}x compression)",
+        f"train {record['train_samples']} samples in {record['train_time_s']:.1f} s = "
+        f"{record['samples_per_s']:.0f} samples/s",
+    ]
+    meta = record.get("extra", {}).get("schema_meta") or {}
+    teacher = (meta.get("generator") or {}).get("teacher_auc")
+    if teacher is not None:
+        lines.insert(1, f"teacher AUC (best achievable on this data) {teacher:.4f}")
+    return lines
