@@ -2,7 +2,7 @@
 
 This is the single way the CLI, the demo, benchmarks and sweeps build and run a model::
 
-    data:  {path: runs/demo/data, batch_size: 4096, fold: null}
+    data:  {path: runs/demo/data, batch_size: 4096, fold: null}   # fold: ids mod ceil(N/fold)
     model: {name: deepfm, embedding_dim: 16, hidden_units: [400, 400, 400]}
     table: {method: full}            # or {method: hash, compression: 10}
     train: {epochs: 1, lr: 0.001, embedding_optimizer: adam, seed: 0}
@@ -24,7 +24,7 @@ from slimembed.tables import Feature, make_table
 
 DEFAULTS: Dict[str, Any] = {
     "data": {"path": None, "batch_size": 4096, "eval_batch_size": 16384, "fold": None,
-             "shuffle": True, "block_size": 65536},
+             "fold_min_rows": 0, "shuffle": True, "block_size": 65536},
     "model": {"name": "deepfm", "embedding_dim": 16},
     "table": {"method": "full"},
     "train": {},
@@ -136,11 +136,11 @@ def build_experiment(cfg: Mapping[str, Any]):
     mcfg = dict(cfg["model"])
     name = mcfg.pop("name")
     dim = int(mcfg.pop("embedding_dim", 16))
-    features = schema.features(dim, fold=data.get("fold"))
+    features = schema.features(dim, fold=data.get("fold"), fold_min_rows=data.get("fold_min_rows", 0))
     seed_everything(tcfg.seed)  # model init is part of "same seed, same result"
     factory = table_factory_from(cfg["table"], features, tcfg.embedding_optimizer)
     model = make_model(name, features, schema.num_dense, table_factory=factory, **mcfg)
-    common = dict(fold=data.get("fold"))
+    common = dict(fold=data.get("fold"), fold_min_rows=data.get("fold_min_rows", 0))
     train = make_loader(data["path"], "train", data["batch_size"], shuffle=data["shuffle"],
                         seed=tcfg.seed, block_size=data["block_size"], **common)
     val = make_loader(data["path"], "val", data["eval_batch_size"], **common)

@@ -1,0 +1,95 @@
+"""The slimembed command: generate -> train from YAML, overrides, and early, clear errors."""
+
+import json
+
+import pytest
+import yaml
+
+from slimembed.ctr.cli import main
+from slimembed.ctr.experiment import load_config, parse_override
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "data"
+    assert main(["generate", "--out", str(d), "--rows", "6000", "--seed", "3", "--scale", "0.001"]) == 0
+    return d
+
+
+def _config(tmp_path, data_dir, **table):
+    cfg = {
+        "data": {"path": str(data_dir), "batch_size": 512},
+        "model": {"name": "deepfm", "hidden_units": [16]},
+        "table": {"method": "full", **table},
+        "train": {"epochs": 1, "seed": 0},
+        "output": str(tmp_path / "result.json"),
+    }
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_train_from_yaml_writes_a_record(tmp_path, data_dir, capsys):
+    cfg = _config(tmp_path, data_dir)
+    assert main(["train", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "test AUC" in out and "teacher AUC" in out
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert rec["metrics"]["test"]["num_samples"] > 0
+    assert rec["memory"]["ratio"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_override_changes_the_table(tmp_path, data_dir):
+    cfg = _config(tmp_path, data_dir)
+    assert main(["train", "--config", str(cfg), "--set", "table.method=hash", "--set", "table.compression=10"]) == 0
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert 9.0 < rec["memory"]["ratio"] <= 10.5
+
+
+def test_same_seed_same_result(tmp_path, data_dir):
+    cfg = _config(tmp_path, data_dir)
+    aucs = []
+    for _ in range(2):
+        assert main(["train", "--config", str(cfg)]) == 0
+        aucs.append(json.loads((tmp_path / "result.json").read_text())["metrics"]["test"]["auc"])
+    assert aucs[0] == aucs[1]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("table.method=nope", "unknown table method 'nope'; available:"),
+        ("model.name=xdeepfm", "unknown model 'xdeepfm'; available:"),
+        ("model.depth=3", "has no options ['depth']"),
+        ("train.epoch=3", "unknown TrainConfig keys ['epoch']"),
+        ("data.path=/does/not/exist", "not a processed dataset"),
+        ("data.bogus=1", "unknown data keys ['bogus']"),
+    ],
+)
+def test_bad_configs_fail_at_once_with_a_clear_message(tmp_path, data_dir, capsys, override, message):
+    cfg = _config(tmp_path, data_dir)
+    assert main(["train", "--config", str(cfg), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_file(capsys):
+    assert main(["train", "--config", "/nope.yaml"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_parse_override():
+    assert parse_override("table.compression=10") == {"table": {"compression": 10}}
+    assert parse_override("model.hidden_units=[8, 4]") == {"model": {"hidden_units": [8, 4]}}
+    with pytest.raises(ValueError, match="section.key=value"):
+        parse_override("oops")
+
+
+def test_prepare_real_criteo_sample_then_train(tmp_path, capsys):
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "criteo_kaggle_head1999.tsv"
+    out = tmp_path / "criteo"
+    assert main(["prepare", str(sample), "--out", str(out), "--min-count", "2"]) == 0
+    cfg = _config(tmp_path, out)
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert "test AUC" in capsys.readouterr().out

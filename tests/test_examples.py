@@ -1,0 +1,36 @@
+"""The examples run on tiny data, so they never rot."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_quickstart(tmp_path):
+    out = run_example("quickstart.py", "--rows", "20000", "--hidden", "16", "--out", str(tmp_path / "d"))
+    assert "test AUC" in out and "vs full fp32" in out
+
+
+def test_torchrec_dlrm():
+    out = run_example("torchrec_dlrm.py", "--rows", "10000", "--method", "hash", "--compression", "10", "--steps", "3")
+    assert "torchrec DLRM_DCN with slimembed table 'hash'" in out
+    assert "(10.00x)" in out
+
+
+def test_replace_embeddingbag():
+    out = run_example("replace_embeddingbag.py", "--items", "5000", "--steps", "3")
+    assert "nn.EmbeddingBag:" in out and "QREmbeddingBag:" in out
+    ratio = float(out.rsplit("holds the model in ", 1)[1].split("x")[0])
+    assert ratio > 5
