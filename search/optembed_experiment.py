@@ -1,0 +1,238 @@
+"""OptEmbed against the full table on synthetic Criteo-like data: DeepFM and DCN, 3 seeds.
+
+    python -m slimembed.search.optembed_experiment --out runs/optembed_exp          # the full grid
+    python -m slimembed.search.optembed_experiment --out /tmp/oe --rows 50000 --seeds 0 \\
+        --generations 2 --epochs 1                                                # a smoke run
+
+For every model (``deepfm``, ``dcn``), method (``full``, ``optembed-e``, ``optembed-d``,
+``optembed``) and seed, one run directory ``OUT/runs/MODEL/METHOD/seedS``: ``full`` is one
+:func:`~slimembed.ctr.trainer.train_and_evaluate` (``result.json``), the OptEmbed variants are
+the resumable pipeline of :mod:`slimembed.search.optembed` (``summary.json``). The data is
+generated once into ``OUT/data`` (reused when its parameters match). Everything resumes: a killed
+run continues at its last checkpoint / stage / generation, finished runs are read back, so the
+same command can be rerun until the table is complete. The table (test AUC, logloss, kept rows,
+exported field-table bytes, search time; mean ± std over seeds) is printed as Markdown and
+written to ``OUT/results.md`` (+ ``OUT/results.json``).
+
+Hyper-parameters are CPU-scale, not the paper's GPU setting (D = 64, MLP [1024, 512, 256],
+lr 3e-5 for DeepFM, up to 30 epochs): D = 16, MLP [400, 400, 400], batch 2048, Adam lr 1e-3
+with weight decay, a few epochs with early stopping on validation AUC (patience 1), and a
+threshold regulariser / threshold learning rate large enough for the thresholds to move within
+that many steps (``--alpha``, ``--threshold-lr``), and each search candidate scored on the first
+2 validation batches (32,768 rows, ``--search-eval-batches``; the same rows for every candidate).
+Every knob is a flag. On a shared 2-core machine ``--threads 1`` is faster than two threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+METHODS = ("full", "optembed-e", "optembed-d", "optembed")
+MODELS = ("deepfm", "dcn")
+
+
+def ensure_data(data_dir: Path, rows: int, seed: int = 0, scale: float = 0.02) -> Dict[str, Any]:
+    """Generate the synthetic Criteo-like data once (reused when rows/seed/scale match)."""
+    from slimembed.datasets import generate, load_processed
+
+    wanted = {"rows": rows, "seed": seed, "scale": scale}
+    marker = data_dir / "experiment_params.json"
+    if not ((data_dir / "schema.json").exists() and marker.exists() and json.loads(marker.read_text()) == wanted):
+        t0 = time.perf_counter()
+        print(f"[exp] generating {rows:,} synthetic Criteo-like rows into {data_dir} ...", flush=True)
+        generate(str(data_dir), rows=rows, seed=seed, scale=scale)
+        marker.write_text(json.dumps(wanted))
+        print(f"[exp] generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    return load_processed(str(data_dir)).schema.meta
+
+
+def model_config(args: argparse.Namespace, model: str) -> Dict[str, Any]:
+    cfg: Dict[str, Any] = {"name": model, "embedding_dim": args.dim, "hidden_units": list(args.hidden)}
+    if model in ("dcn", "dcnv2"):
+        cfg["num_cross_layers"] = args.cross_layers
+    return cfg
+
+
+def train_config(args: argparse.Namespace, model: str, seed: int) -> Dict[str, Any]:
+    return {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": seed,
+            "early_stop_patience": 1, "num_threads": args.threads, "progress": args.progress,
+            "max_eval_batches": None}
+
+
+def data_config(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
+    return {"path": str(data_dir), "batch_size": args.batch_size, "eval_batch_size": 16384}
+
+
+def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, seed: int) -> Dict[str, Any]:
+    """The uncompressed baseline, resumable through the trainer's checkpoints."""
+    from slimembed.ctr.models import make_model
+    from slimembed.ctr.trainer import train_and_evaluate, seed_everything
+    from slimembed.datasets import load_processed, make_loader
+    from slimembed.tables import make_table, memory_report
+
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    schema = load_processed(str(data_dir)).schema
+    mcfg = model_config(args, model)
+    name, dim = mcfg.pop("name"), mcfg.pop("embedding_dim")
+    features = schema.features(dim)
+    seed_everything(seed)
+    net = make_model(name, features, schema.num_dense, table_factory=lambda fs: make_table("full", fs), **mcfg)
+    d = data_config(args, data_dir)
+    train = make_loader(d["path"], "train", d["batch_size"], shuffle=True, seed=seed)
+    val = make_loader(d["path"], "val", d["eval_batch_size"])
+    test = make_loader(d["path"], "test", d["eval_batch_size"])
+    tcfg = {**train_config(args, model, seed), "checkpoint_dir": str(run_dir / "ckpt"), "resume": True}
+    t0 = time.perf_counter()
+    rec = train_and_evaluate(net, train, val, test, config=tcfg, output_path=run_dir / "ckpt" / "record.json")
+    table_bytes = memory_report(net.embedding).total_bytes
+    row = {
+        "model": model, "method": "full", "seed": seed,
+        "test_auc": rec["metrics"]["test"]["auc"], "test_logloss": rec["metrics"]["test"]["logloss"],
+        "kept_rows": sum(f.num_embeddings for f in features), "rows": sum(f.num_embeddings for f in features),
+        "exported_bytes": table_bytes, "full_bytes": net.embedding.full_bytes(),
+        "search_time_s": 0.0, "total_time_s": time.perf_counter() - t0, "epochs": rec["epochs_completed"],
+    }
+    from slimembed.ctr.trainer import atomic_write_json
+
+    atomic_write_json(row, done)
+    return row
+
+
+def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, method: str,
+                 seed: int) -> Dict[str, Any]:
+    """One OptEmbed pipeline (resumes at its last stage / generation)."""
+    from slimembed.search.optembed import run_pipeline
+
+    done = run_dir / "row.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    cfg = {
+        "data": data_config(args, data_dir),
+        "model": model_config(args, model),
+        "train": train_config(args, model, seed),
+        "optembed": {"variant": method, "alpha": args.alpha, "threshold_lr": args.threshold_lr,
+                     "generations": args.generations,
+                     "search_max_eval_batches": args.search_eval_batches or None,
+                     "retrain_from": args.retrain_from},
+        "output": str(run_dir),
+    }
+    summary = run_pipeline(cfg, log=lambda s: print(f"    {s}", flush=True), progress=args.progress)
+    row = {
+        "model": model, "method": method, "seed": seed,
+        "test_auc": summary["test_auc"], "test_logloss": summary["test_logloss"],
+        "kept_rows": summary["kept_rows"], "rows": summary["rows"],
+        "exported_bytes": summary["exported_table_bytes"], "full_bytes": summary["full_table_bytes"],
+        "search_time_s": summary["search_time_s"],
+        "total_time_s": summary["supernet_time_s"] + summary["search_time_s"] + summary["retrain_time_s"],
+        "this_process_s": time.perf_counter() - t0,
+        "dims": summary["dims"],
+    }
+    from slimembed.ctr.trainer import atomic_write_json
+
+    atomic_write_json(row, done)
+    return row
+
+
+def _ms(values: Sequence[float], fmt: str) -> str:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return format(vals[0], fmt)
+    return f"{format(statistics.mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt)}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Mean ± std over seeds per (model, method)."""
+    lines = [
+        "| model | method | seeds | test AUC | test logloss | kept rows | exported bytes | vs full | search time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: Dict[tuple, List[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"]), []).append(r)
+    for (model, method), rs in groups.items():
+        kept = statistics.mean(r["kept_rows"] / r["rows"] for r in rs)
+        nbytes = statistics.mean(r["exported_bytes"] for r in rs)
+        ratio = statistics.mean(r["full_bytes"] / r["exported_bytes"] for r in rs)
+        search = "—" if method == "full" else _ms([r["search_time_s"] for r in rs], ".0f")
+        lines.append(
+            f"| {model} | {method} | {len(rs)} | {_ms([r['test_auc'] for r in rs], '.4f')} | "
+            f"{_ms([r['test_logloss'] for r in rs], '.4f')} | {100 * kept:.1f}% | {nbytes:,.0f} | "
+            f"{ratio:.2f}x | {search} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m slimembed.search.optembed_experiment",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/optembed_exp")
+    p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (8:1:1 train/val/test)")
+    p.add_argument("--scale", type=float, default=0.02, help="cardinality scale vs Criteo Kaggle")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=["deepfm", "dcn", "fnn", "ipnn", "dcnv2", "wdl"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--hidden", type=int, nargs="+", default=[400, 400, 400])
+    p.add_argument("--cross-layers", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--epochs", type=int, default=3, help="max epochs per training stage (early stop on val AUC)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument("--alpha", type=float, default=1e-3, help="threshold regulariser weight")
+    p.add_argument("--threshold-lr", type=float, default=1e-2)
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--search-eval-batches", type=int, default=2,
+                   help="validation batches (of 16384 rows) per candidate fitness; 0 = the whole split")
+    p.add_argument("--retrain-from", choices=["rewind", "supernet"], default="rewind")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--progress", action="store_true", help="tqdm bars")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = ensure_data(out / "data", args.rows, seed=0, scale=args.scale)
+    gen = meta.get("generator") or {}
+    if "teacher_auc" in gen:
+        print(f"[exp] teacher AUC (the best achievable on this data): {gen['teacher_auc']:.4f}", flush=True)
+    rows = []
+    t0 = time.perf_counter()
+    for model in args.models:
+        for method in args.methods:
+            for seed in args.seeds:
+                run_dir = out / "runs" / model / method / f"seed{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                print(f"[exp] {model} / {method} / seed {seed}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+                if method == "full":
+                    row = run_full(args, out / "data", run_dir, model, seed)
+                else:
+                    row = run_optembed(args, out / "data", run_dir, model, method, seed)
+                print(f"[exp]   test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, "
+                      f"kept rows {row['kept_rows']:,}/{row['rows']:,}, exported {row['exported_bytes']:,} bytes",
+                      flush=True)
+                rows.append(row)
+    table = markdown_table(rows)
+    from slimembed.ctr.trainer import atomic_write_json
+
+    atomic_write_json({"args": vars(args), "rows": rows}, out / "results.json")
+    (out / "results.md").write_text(table + "\n")
+    print()
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,671 @@
+"""OptEmbed (Lyu et al., CIKM 2022): learnable row pruning + per-field dimension search.
+
+The supernet table :class:`OptEmbedTable` holds one fused ``[sum_f N_f, D]`` weight for all
+fields and, in the variants that prune rows, one learnable threshold per field (init 0). Row
+``i`` of field ``f`` is kept iff ``||e_i||_p - t_f > 0`` (``p = 1`` by default, the reference
+code's choice; ``p = 2`` is an option). The step function has the *long-tailed* straight-through
+derivative of Dynamic Sparse Training (:class:`BinaryStep`)::
+
+    forward  S(x) = 1[x > 0]
+    backward dS/dx ~= 2 - 4|x|   for |x| <= 0.4
+                      0.4        for 0.4 < |x| <= 1
+                      0          for |x| > 1
+
+so the BCE loss trains the thresholds (and pushes the row norms) through the mask, and
+:meth:`OptEmbedTable.regularization` adds ``alpha * sum_f exp(-t_f)`` (it raises the thresholds,
+i.e. prunes more). Pass it to the trainer as ``regularizer=optembed_regularizer``
+(:func:`slimembed.search.optembed.optembed_regularizer`). Pruned rows give zero vectors.
+
+Dimension masks keep the *first* ``k`` dims of a row. While the supernet trains (no dims fixed,
+``module.training``), ``k`` is drawn uniformly from ``1..D`` for every sample and every field
+of each batch; in evaluation only the row mask applies (full ``D``). :meth:`set_dims` fixes one
+``k_f`` per field (the evolutionary search evaluates candidates this way, and retraining keeps
+the winner); :meth:`freeze_rows` fixes the row mask (a bool buffer) and stops the thresholds.
+
+Variants (the ``variant`` argument, also registered as their own method names):
+
+* ``"optembed"``   rows and dims (the paper's OptEmbed);
+* ``"optembed-e"`` rows only (OptEmbed-E: no dimension sampling, no dim search);
+* ``"optembed-d"`` dims only (OptEmbed-D: no thresholds, every row kept).
+
+:func:`export_optembed` turns a trained table (or a whole model) into a
+:class:`CompactOptEmbedTable` for inference: pruned rows are removed behind an ``int32`` id
+remap (pruned ids read a zero vector), each field stores only its ``k_f`` dims, and the output is
+zero-padded to ``D`` (OptEmbed's semantics; ``pad=False`` gives per-field dims instead).
+
+Example::
+
+    >>> feats = [Feature("C1", 1000, 16), Feature("C2", 50, 16)]
+    >>> t = OptEmbedTable(feats)                       # variant "optembed"
+    >>> t(torch.tensor([[3, 7]])).shape
+    torch.Size([1, 2, 16])
+    >>> t.freeze_rows(); t.set_dims([4, 16])
+    >>> compact = export_optembed(t)                   # same outputs, fewer bytes
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .feature import Feature
+from .gather import common_dim, gather_combine, unsupported_bag_args
+from .registry import register
+
+VARIANTS = ("optembed", "optembed-e", "optembed-d")
+NORMS = (1, 2)
+INITS = ("uniform", "xavier")
+
+
+# ---------------------------------------------------------------------------------------------
+# the step function and its long-tailed straight-through derivative
+# ---------------------------------------------------------------------------------------------
+def long_tailed_grad(x: Tensor) -> Tensor:
+    """The surrogate derivative of the step: ``2 - 4|x|`` (|x| <= 0.4), ``0.4`` (<= 1), ``0`` beyond.
+
+    Continuous at ``|x| = 0.4`` (both pieces give 0.4) and dropping to 0 just past ``|x| = 1``.
+    """
+    a = x.abs()
+    return torch.where(a <= 0.4, 2.0 - 4.0 * a, torch.where(a <= 1.0, torch.full_like(a, 0.4),
+                                                             torch.zeros_like(a)))
+
+
+class BinaryStep(torch.autograd.Function):
+    """``S(x) = 1[x > 0]`` forward; ``grad * long_tailed_grad(x)`` backward (Liu et al., ICLR 2020)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * long_tailed_grad(x)
+
+
+def binary_step(x: Tensor) -> Tensor:
+    """:class:`BinaryStep` as a function."""
+    return BinaryStep.apply(x)
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"OptEmbed variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
+# ---------------------------------------------------------------------------------------------
+# the supernet table
+# ---------------------------------------------------------------------------------------------
+@register("optembed")
+class OptEmbedTable(EmbeddingTable):
+    """OptEmbed's supernet embedding table for many fields (see the module docstring).
+
+    Args:
+        features: the features; all share ``embedding_dim`` = ``D``.
+        variant: ``"optembed"`` (rows + dims), ``"optembed-e"`` (rows), ``"optembed-d"`` (dims).
+            Default: the registered method name the class was built under.
+        norm: 1 (L1, default) or 2 (L2) row norm for the row mask.
+        alpha: weight of the threshold regulariser ``alpha * sum_f exp(-t_f)``.
+        threshold_init: initial value of every field's threshold (the paper: 0).
+        init: ``"uniform"`` (±``init_scale``, the project default, DESIGN §3) or ``"xavier"``
+            (xavier-uniform over the fused ``[sum N_f, D]`` weight, the reference code's init).
+        init_scale: bound of the uniform init.
+        sparse: sparse gradients for the weight (for sparse embedding optimizers).
+
+    Parameters: ``weight [sum N_f, D]``; ``threshold [F]`` (variants with rows only).
+    Buffers (persistent, so ``state_dict`` restores the search/retrain state exactly):
+    ``row_keep`` bool ``[sum N_f]`` (the frozen row mask), ``field_dims`` int64 ``[F]`` (the fixed
+    per-field dims), ``rows_frozen`` / ``dims_fixed`` (0-d bools saying whether they apply).
+
+    Shapes: dense ids ``[B, F]`` -> ``[B, F, D]``; a KJT -> ``KeyedTensor`` ``[B, F * D]``.
+    Ids must lie in ``[0, num_embeddings)``.
+
+    Example::
+
+        >>> t = OptEmbedTable([Feature("a", 100, 8), Feature("b", 10, 8)], variant="optembed-e")
+        >>> loss = t(torch.tensor([[1, 2]])).sum() + t.regularization()
+    """
+
+    method = "optembed"
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        variant: Optional[str] = None,
+        norm: int = 1,
+        alpha: float = 1e-4,
+        threshold_init: float = 0.0,
+        init: str = "uniform",
+        init_scale: float = DEFAULT_INIT_SCALE,
+        sparse: bool = False,
+    ) -> None:
+        super().__init__(features)
+        own = type(self).method
+        if variant is None:
+            variant = own
+        _check_variant(variant)
+        if own != "optembed" and variant != own:
+            raise ValueError(f"table method {own!r} is the variant {own!r}; got variant={variant!r}")
+        if int(norm) not in NORMS:
+            raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.variant = variant
+        self.norm = int(norm)
+        self.alpha = float(alpha)
+        self.threshold_init = float(threshold_init)
+        self.init = init
+        self.init_scale = float(init_scale)
+        self.sparse = bool(sparse)
+        self.dim = common_dim(self.features, "OptEmbedTable")
+        rows = [int(f.num_embeddings) for f in self.features]
+        if sum(rows) > 2**40:
+            raise ValueError("OptEmbedTable stores every row; a vocabulary-free id space needs a hashing method")
+        self.rows = rows
+        offsets = torch.tensor([0] + rows[:-1], dtype=torch.long).cumsum(0)
+        self.register_buffer("row_offsets", offsets, persistent=False)
+        self.register_buffer("_arange_d", torch.arange(self.dim), persistent=False)
+        self.weight = nn.Parameter(torch.empty(sum(rows), self.dim))
+        if self.prunes_rows:
+            self.threshold = nn.Parameter(torch.full((len(rows),), self.threshold_init))
+        else:
+            self.register_parameter("threshold", None)
+        self.register_buffer("row_keep", torch.ones(sum(rows), dtype=torch.bool))
+        self.register_buffer("field_dims", torch.full((len(rows),), self.dim, dtype=torch.long))
+        self.register_buffer("rows_frozen", torch.tensor(False))
+        self.register_buffer("dims_fixed", torch.tensor(False))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+    def reset_parameters(self) -> None:
+        if self.init == "xavier":
+            nn.init.xavier_uniform_(self.weight)
+        else:
+            nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
+        if self.threshold is not None:
+            with torch.no_grad():
+                self.threshold.fill_(self.threshold_init)
+
+    @property
+    def prunes_rows(self) -> bool:
+        return self.variant in ("optembed", "optembed-e")
+
+    @property
+    def searches_dims(self) -> bool:
+        return self.variant in ("optembed", "optembed-d")
+
+    def config(self) -> Dict[str, Any]:
+        # the variant is the method name: make_table_from_config rebuilds the same variant
+        return {
+            "method": self.variant,
+            "features": [f.to_dict() for f in self.features],
+            "norm": self.norm,
+            "alpha": self.alpha,
+            "threshold_init": self.threshold_init,
+            "init": self.init,
+            "init_scale": self.init_scale,
+            "sparse": self.sparse,
+        }
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "OptEmbedTable":
+        """Refused: OptEmbed's memory is the outcome of its search, not a knob set before training.
+
+        The supernet stores every row (the full table plus masks), so no supernet lands under a
+        budget below the full table. Bound the *exported* table instead: ``budget_bytes`` of the
+        pipeline's search (:class:`slimembed.search.optembed.OptEmbedConfig`), which makes every
+        candidate whose export would exceed it infeasible.
+        """
+        raise ValueError(
+            f"method {cls.method!r} is not sized by a budget before training (its supernet stores "
+            f"every row); give the budget ({int(budget_bytes)} bytes) to the OptEmbed search instead: "
+            "optembed.budget_bytes in `slimembed optembed` / OptEmbedConfig(budget_bytes=...)"
+        )
+
+    # ------------------------------------------------------------------ masks
+    @property
+    def is_rows_frozen(self) -> bool:
+        return bool(self.rows_frozen)
+
+    @property
+    def is_dims_fixed(self) -> bool:
+        return bool(self.dims_fixed)
+
+    def field_of_rows(self) -> Tensor:
+        """``LongTensor[sum N_f]``: the field of every row of the fused weight."""
+        return torch.repeat_interleave(
+            torch.arange(self.num_features, device=self.weight.device),
+            torch.tensor(self.rows, device=self.weight.device),
+        )
+
+    def row_norms(self) -> Tensor:
+        """``[sum N_f]``: the ``norm`` of every row (L1 or L2), no gradient."""
+        with torch.no_grad():
+            w = self.weight.detach()
+            return w.abs().sum(1) if self.norm == 1 else w.norm(dim=1)
+
+    @torch.no_grad()
+    def threshold_row_mask(self) -> Tensor:
+        """``BoolTensor[sum N_f]``: rows kept by the current thresholds (all for optembed-d)."""
+        if not self.prunes_rows:
+            return torch.ones(self.weight.shape[0], dtype=torch.bool, device=self.weight.device)
+        t = self.threshold.detach()[self.field_of_rows()]
+        return (self.row_norms() - t) > 0
+
+    @torch.no_grad()
+    def current_row_mask(self) -> Tensor:
+        """The row mask in force: the frozen one, else the thresholds'."""
+        return self.row_keep.clone() if self.is_rows_frozen else self.threshold_row_mask()
+
+    def current_dims(self) -> List[int]:
+        """Per-field dims in force at inference: the fixed ones, else ``D`` for every field."""
+        if self.is_dims_fixed:
+            return [int(d) for d in self.field_dims.tolist()]
+        return [self.dim] * self.num_features
+
+    @torch.no_grad()
+    def freeze_rows(self, row_keep: Optional[Tensor] = None) -> Tensor:
+        """Fix the row mask (default: the thresholds' current mask) and stop training thresholds.
+
+        Returns the frozen ``BoolTensor[sum N_f]``.
+        """
+        keep = self.threshold_row_mask() if row_keep is None else row_keep
+        keep = torch.as_tensor(keep).to(device=self.row_keep.device, dtype=torch.bool).reshape(-1)
+        if keep.numel() != self.row_keep.numel():
+            raise ValueError(f"row_keep has {keep.numel()} entries, the table {self.row_keep.numel()} rows")
+        if not self.prunes_rows and not bool(keep.all()):
+            raise ValueError("variant 'optembed-d' prunes no rows; row_keep must be all True")
+        self.row_keep.copy_(keep)
+        self.rows_frozen.fill_(True)
+        if self.threshold is not None:
+            self.threshold.requires_grad_(False)
+        return self.row_keep.clone()
+
+    @torch.no_grad()
+    def unfreeze_rows(self) -> None:
+        """Back to the supernet: the row mask follows the (trainable) thresholds again."""
+        self.row_keep.fill_(True)
+        self.rows_frozen.fill_(False)
+        if self.threshold is not None:
+            self.threshold.requires_grad_(True)
+
+    @torch.no_grad()
+    def set_dims(self, dims: Optional[Sequence[int]]) -> None:
+        """Fix per-field dims ``k_f`` in ``1..D`` (train and eval); ``None`` = supernet sampling."""
+        if dims is None:
+            self.field_dims.fill_(self.dim)
+            self.dims_fixed.fill_(False)
+            return
+        d = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
+        if d.numel() != self.num_features:
+            raise ValueError(f"dims has {d.numel()} values for {self.num_features} features")
+        if bool((d < 1).any()) or bool((d > self.dim).any()):
+            raise ValueError(f"dims must lie in [1, {self.dim}], got {d.tolist()}")
+        if not self.searches_dims and bool((d != self.dim).any()):
+            raise ValueError("variant 'optembed-e' searches no dims; every dim must be D")
+        self.field_dims.copy_(d.to(self.field_dims.device))
+        self.dims_fixed.fill_(True)
+
+    def regularization(self) -> Tensor:
+        """``alpha * sum_f exp(-t_f)`` while the thresholds train; 0 otherwise (a scalar)."""
+        if self.threshold is None or self.is_rows_frozen:
+            return self.weight.new_zeros(())
+        return self.alpha * torch.exp(-self.threshold).sum()
+
+    @torch.no_grad()
+    def kept_rows(self) -> List[int]:
+        """Rows kept per field by the mask in force."""
+        keep = self.current_row_mask()
+        counts = torch.zeros(self.num_features, dtype=torch.long, device=keep.device)
+        return [int(c) for c in counts.index_add_(0, self.field_of_rows(), keep.long()).tolist()]
+
+    def sparsity(self) -> float:
+        """The paper's sparsity: ``1 - sum_f kept_f * k_f / (sum_f N_f * D)``."""
+        kept = self.kept_rows()
+        dims = self.current_dims()
+        used = sum(k * d for k, d in zip(kept, dims))
+        return 1.0 - used / float(sum(self.rows) * self.dim)
+
+    # ------------------------------------------------------------------ lookups
+    def _lookup(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
+        """Masked rows of ``ids`` (``fields`` None: a dense ``[B, F]`` batch) -> ``[..., D]``."""
+        off = self.row_offsets if fields is None else self.row_offsets[fields]
+        idx = ids + off
+        if self.sparse:
+            e = F.embedding(idx, self.weight, sparse=True)
+        else:
+            e = gather_combine(self.weight, idx.unsqueeze(-1), None, "sum")
+        out = e
+        if self.prunes_rows:
+            if self.is_rows_frozen:
+                m = self.row_keep[idx].to(e.dtype)
+            else:
+                norm = e.abs().sum(-1) if self.norm == 1 else torch.linalg.vector_norm(e, dim=-1)
+                t = self.threshold if fields is None else self.threshold[fields]
+                m = binary_step(norm - t)
+            out = out * m.unsqueeze(-1)
+        if self.searches_dims:
+            if self.is_dims_fixed:
+                k = self.field_dims if fields is None else self.field_dims[fields]
+                out = out * (self._arange_d < k.unsqueeze(-1)).to(e.dtype)
+            elif self.training:
+                # k ~ U{1..D} per sample and per field, fresh every batch (uniform sampling)
+                k = torch.randint(1, self.dim + 1, ids.shape, device=ids.device)
+                out = out * (self._arange_d < k.unsqueeze(-1)).to(e.dtype)
+        return out
+
+    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
+        return self._lookup(ids, fields)
+
+    def forward_dense(self, ids: Tensor) -> Tensor:
+        return self._lookup(ids, None)
+
+    @property
+    def rows_per_feature(self) -> List[int]:
+        return list(self.rows)
+
+    def extra_repr(self) -> str:
+        return (f"variant={self.variant!r}, features={self.num_features}, dim={self.dim}, "
+                f"norm=L{self.norm}, alpha={self.alpha:g}, rows_frozen={self.is_rows_frozen}, "
+                f"dims_fixed={self.is_dims_fixed}")
+
+
+@register("optembed-e")
+class OptEmbedETable(OptEmbedTable):
+    """OptEmbed-E: row pruning only (learnable thresholds, full dims). See :class:`OptEmbedTable`."""
+
+    method = "optembed-e"
+
+
+@register("optembed-d")
+class OptEmbedDTable(OptEmbedTable):
+    """OptEmbed-D: dimension search only (every row kept). See :class:`OptEmbedTable`."""
+
+    method = "optembed-d"
+
+
+class OptEmbedEmbeddingBag(TableEmbeddingBag):
+    """``nn.EmbeddingBag`` drop-in (same constructor and forward) backed by :class:`OptEmbedTable`.
+
+    ``mode`` is ``nn.EmbeddingBag``'s pooling mode; OptEmbed's own choice is ``variant``.
+    ``_weight`` initialises the rows. The table is ``self.table`` (thresholds, masks,
+    :meth:`OptEmbedTable.regularization`).
+
+    Example::
+
+        >>> bag = OptEmbedEmbeddingBag(100, 8, mode="sum", variant="optembed-e")
+        >>> bag(torch.tensor([1, 2, 3]), torch.tensor([0, 2])).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        variant: str = "optembed",
+        norm: int = 1,
+        alpha: float = 1e-4,
+        threshold_init: float = 0.0,
+        init: str = "uniform",
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        unsupported_bag_args("OptEmbedEmbeddingBag", max_norm, scale_grad_by_freq, None)
+        table = OptEmbedTable([Feature("input", num_embeddings, embedding_dim)], variant=variant,
+                              norm=norm, alpha=alpha, threshold_init=threshold_init, init=init,
+                              init_scale=init_scale, sparse=sparse)
+        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
+        if _weight is not None:
+            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
+                raise ValueError(f"_weight shape {tuple(_weight.shape)} != ({num_embeddings}, {embedding_dim})")
+            with torch.no_grad():
+                table.weight.copy_(_weight)
+        table.to(device=device, dtype=dtype)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.table.weight
+
+
+# ---------------------------------------------------------------------------------------------
+# the compact inference table
+# ---------------------------------------------------------------------------------------------
+@register("optembed-compact")
+class CompactOptEmbedTable(EmbeddingTable):
+    """The exported OptEmbed table: kept rows only, each field at its own dim.
+
+    Storage is one flat fp32 array ``values`` holding, field after field, the first ``k_f``
+    values of each kept row of field ``f`` (``sum_f kept_f * k_f`` floats, plus one trailing zero
+    that pruned ids and padding read). A field with pruned rows has an ``int32`` remap (id ->
+    compact row, ``-1`` = pruned), stored in one buffer ``remap`` for all such fields; fields
+    without pruned rows need none (identity). A lookup is one vectorized gather for all fields
+    (no per-field loop).
+
+    Args:
+        features: the features (``embedding_dim`` = ``D``, the padded output dim).
+        dims: ``k_f`` per feature, in ``1..D``.
+        kept_rows: rows kept per feature, in ``0..N_f``; a field with ``kept_f < N_f`` has a remap.
+        pad: output ``D`` for every feature, zero-padded (OptEmbed's semantics; what FM, DeepFM,
+            IPNN and torchrec models need). ``pad=False`` gives per-feature dims ``k_f``: dense ids
+            ``[B, F]`` -> ``[B, sum_f k_f]`` (fields concatenated), a KJT -> a ``KeyedTensor`` with
+            ``length_per_key = dims``.
+
+    Built empty from its config (``make_table_from_config(t.config())``), then filled by
+    ``load_state_dict``; :func:`export_optembed` builds and fills one from a trained table.
+
+    Memory (:func:`~slimembed.tables.memory_report`): ``values`` (a parameter, so the table can
+    be fine-tuned) + the ``remap`` (4 bytes per row of each pruned field) + small per-field
+    buffers.
+    """
+
+    method = "optembed-compact"
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        dims: Sequence[int],
+        kept_rows: Sequence[int],
+        pad: bool = True,
+    ) -> None:
+        super().__init__(features)
+        self.dim = common_dim(self.features, "CompactOptEmbedTable")
+        n = len(self.features)
+        dims = [int(d) for d in dims]
+        kept = [int(k) for k in kept_rows]
+        rows = [int(f.num_embeddings) for f in self.features]
+        if len(dims) != n or not all(1 <= d <= self.dim for d in dims):
+            raise ValueError(f"dims must be {n} ints in [1, {self.dim}], got {dims}")
+        if len(kept) != n or not all(0 <= k <= r for k, r in zip(kept, rows)):
+            raise ValueError(f"kept_rows must be {n} ints in [0, num_embeddings], got {kept}")
+        self.dims = dims
+        self.kept = kept
+        self.pad = bool(pad)
+        self.rows = rows
+        value_offset, remap_offset = [], []
+        v = r = 0
+        for k, d, nrow in zip(kept, dims, rows):
+            value_offset.append(v)
+            v += k * d
+            if k < nrow:
+                remap_offset.append(r)
+                r += nrow
+            else:
+                remap_offset.append(-1)
+        self.values = nn.Parameter(torch.zeros(v + 1))  # + the trailing zero
+        self.register_buffer("remap", torch.full((r,), -1, dtype=torch.int32))
+        self.register_buffer("value_offset", torch.tensor(value_offset, dtype=torch.long), persistent=False)
+        self.register_buffer("remap_offset", torch.tensor(remap_offset, dtype=torch.long), persistent=False)
+        self.register_buffer("dims_t", torch.tensor(dims, dtype=torch.long), persistent=False)
+        out_d = self.dim if self.pad else max(dims)
+        self.register_buffer("_arange_d", torch.arange(out_d), persistent=False)
+        if not self.pad:
+            # columns of the concatenated output: (field, j) for j < k_f, field-major
+            col_field = torch.repeat_interleave(torch.arange(n), torch.tensor(dims))
+            col_j = torch.cat([torch.arange(d) for d in dims])
+            self.register_buffer("_col_index", col_field * out_d + col_j, persistent=False)
+
+    @property
+    def output_dims(self) -> List[int]:
+        return [self.dim] * self.num_features if self.pad else list(self.dims)
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "CompactOptEmbedTable":
+        raise ValueError("method 'optembed-compact' is built by export_optembed from a trained OptEmbed table; "
+                         "bound its bytes with the OptEmbed search's budget_bytes")
+
+    def config(self) -> Dict[str, Any]:
+        return {**super().config(), "dims": list(self.dims), "kept_rows": list(self.kept), "pad": self.pad}
+
+    @property
+    def sentinel(self) -> int:
+        return self.values.numel() - 1
+
+    def _positions(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
+        """Flat ``values`` positions ``[..., D']`` of each id's (padded) row."""
+        per = (lambda b: b) if fields is None else (lambda b: b[fields])
+        ro = per(self.remap_offset)
+        has = ro >= 0
+        if self.remap.numel():
+            where = torch.where(has, ro + ids, torch.zeros_like(ids))
+            row = torch.where(has, self.remap[where].long(), ids)
+        else:
+            row = ids
+        d = per(self.dims_t)
+        start = per(self.value_offset) + row.clamp(min=0) * d
+        pos = start.unsqueeze(-1) + self._arange_d
+        valid = (row >= 0).unsqueeze(-1) & (self._arange_d < d.unsqueeze(-1))
+        return torch.where(valid, pos, torch.full_like(pos, self.sentinel))
+
+    def _rows(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
+        return self.values[self._positions(ids, fields)]
+
+    def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
+        return self._rows(ids, fields)
+
+    def forward_dense(self, ids: Tensor) -> Tensor:
+        out = self._rows(ids, None)  # [B, F, D']
+        if self.pad:
+            return out
+        return out.reshape(out.shape[0], -1).index_select(1, self._col_index)
+
+    def bags_to_keyed(self, pooled: Tensor, batch_size: int) -> Tensor:
+        out = super().bags_to_keyed(pooled, batch_size)
+        return out if self.pad else out.index_select(1, self._col_index)
+
+    @torch.no_grad()
+    def masked_rows(self, feature: str) -> Tensor:
+        """``[N_f, D]`` rows of one feature as the model sees them (zeros for pruned ids)."""
+        i = self.feature_names.index(feature)
+        ids = torch.arange(self.rows[i], device=self.values.device)
+        fields = torch.full_like(ids, i)
+        return self._rows(ids, fields)
+
+    def extra_repr(self) -> str:
+        return (f"features={self.num_features}, D={self.dim}, kept_rows={sum(self.kept)}/{sum(self.rows)}, "
+                f"dims={self.dims}, pad={self.pad}")
+
+
+@torch.no_grad()
+def compact_from_table(table: OptEmbedTable, pad: bool = True) -> CompactOptEmbedTable:
+    """The :class:`CompactOptEmbedTable` that computes what ``table`` computes in evaluation.
+
+    Uses the row mask in force (frozen, else the thresholds') and the fixed dims (else ``D``).
+    """
+    keep = table.current_row_mask().to(table.weight.device)
+    dims = table.current_dims()
+    keeps = torch.split(keep, table.rows)
+    kept = [int(k.sum()) for k in keeps]
+    out = CompactOptEmbedTable(table.features, dims, kept, pad=pad).to(table.weight.device)
+    w = table.weight.detach()
+    chunks, remaps = [], []
+    for i, (k, d, off) in enumerate(zip(keeps, dims, table.row_offsets.tolist())):
+        rows = w[off: off + table.rows[i]][k, :d]
+        chunks.append(rows.reshape(-1))
+        if kept[i] < table.rows[i]:
+            r = torch.cumsum(k.to(torch.int64), 0) - 1
+            remaps.append(torch.where(k, r, torch.full_like(r, -1)).to(torch.int32))
+    chunks.append(w.new_zeros(1))
+    out.values.copy_(torch.cat(chunks).to(out.values.dtype))
+    if remaps:
+        out.remap.copy_(torch.cat(remaps))
+    out.validate_ids = table.validate_ids
+    return out
+
+
+def export_optembed(obj: nn.Module, pad: bool = True) -> nn.Module:
+    """Export OptEmbed for inference.
+
+    Args:
+        obj: an :class:`OptEmbedTable` (gives its :class:`CompactOptEmbedTable`) or any model
+            holding OptEmbed tables (gives a deep copy in which each one is replaced by its
+            compact table; the other modules, e.g. a first-order ``full`` table, are copied as
+            they are).
+        pad: zero-pad every field to ``D`` (default; needed by models over ``[B, F, D]``).
+
+    Returns:
+        the compact table, or the exported model (in eval mode).
+
+    The compact table computes exactly what the masked table computes in evaluation (same
+    floats: kept values are copied, everything else is zero), so an exported model gives the
+    same logits as the masked model.
+    """
+    if isinstance(obj, OptEmbedTable):
+        return compact_from_table(obj, pad=pad)
+    model = copy.deepcopy(obj)
+    found = [False]
+
+    def visit(module: nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if isinstance(child, OptEmbedTable):
+                setattr(module, name, compact_from_table(child, pad=pad))
+                found[0] = True
+            else:
+                visit(child)
+
+    visit(model)
+    if not found[0]:
+        raise ValueError(f"{type(obj).__name__} holds no OptEmbedTable to export")
+    return model.eval()
+
+
+def compact_bytes(features: Sequence[Feature], dims: Sequence[int], kept_rows: Sequence[int]) -> int:
+    """Closed-form ``memory_report(CompactOptEmbedTable(features, dims, kept_rows)).total_bytes``
+    (pad=True): values + trailing zero, int32 remaps of pruned fields, per-field int64 buffers."""
+    n = len(features)
+    values = sum(int(k) * int(d) for k, d in zip(kept_rows, dims)) + 1
+    remap = sum(int(f.num_embeddings) for f, k in zip(features, kept_rows) if int(k) < int(f.num_embeddings))
+    d = int(features[0].embedding_dim)
+    # base _id_limits + value_offset + remap_offset + dims_t: four int64 per feature; _arange_d
+    return 4 * values + 4 * remap + 8 * 4 * n + 8 * d
+
+
+__all__ = [
+    "VARIANTS",
+    "BinaryStep",
+    "binary_step",
+    "long_tailed_grad",
+    "OptEmbedTable",
+    "OptEmbedETable",
+    "OptEmbedDTable",
+    "OptEmbedEmbeddingBag",
+    "CompactOptEmbedTable",
+    "compact_from_table",
+    "export_optembed",
+    "compact_bytes",
+]
