@@ -54,3 +54,13 @@ __all__ += [
 from .quantized import QuantizedTable, export  # noqa: E402
 
 __all__ += ["QuantizedTable", "export"]
+from .optembed import (  # noqa: E402
+    CompactOptEmbedTable, OptEmbedDTable, OptEmbedEmbeddingBag, OptEmbedETable, OptEmbedTable, export_optembed,
+)
+
+__all__ += ["OptEmbedTable", "OptEmbedETable", "OptEmbedDTable", "OptEmbedEmbeddingBag", "CompactOptEmbedTable",
+            "export_optembed"]
+from .unified import SharedRowRemap, UnifiedEmbeddingBag, UnifiedTable  # noqa: E402
+from .multiplexed import MultiplexedEmbeddingBag, MultiplexedTable  # noqa: E402
+
+__all__ += ["UnifiedTable", "UnifiedEmbeddingBag", "SharedRowRemap", "MultiplexedTable", "MultiplexedEmbeddingBag"]

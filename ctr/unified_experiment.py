@@ -1,0 +1,176 @@
+"""Multiplexed and Unified Embedding against full and per-feature hashing, at equal memory.
+
+The UE paper's Table 1 comparison (Coleman et al., NeurIPS 2023) on the synthetic Criteo-like
+data: DCNv2 and DeepFM, three budgets (about 10x, 50x, 250x compression of the fp32 table),
+several seeds, four arms:
+
+* ``full``: the uncompressed table (one run per model and seed; it has no budget);
+* ``hash``: per-feature hashing, rows split in proportion to cardinality (non-multiplexed);
+* ``multiplexed``: one shared table, a salted hash per feature;
+* ``unified``: chunked lookups into one shared table, small features collision-free.
+
+Every run goes through :func:`slimembed.ctr.experiment.run_experiment` (the same trainer, loaders
+and JSON records as ``slimembed train``) and writes ``<out>/runs/<model>/<method>_<budget>_s<seed>.json``;
+a run whose JSON exists is skipped, so an interrupted grid resumes where it stopped. The
+compression applies to every table of a model (DeepFM's first-order table too). At the end the
+records are summarised as a Markdown table of test AUC (mean ± std over seeds) and table bytes,
+printed and written to ``<out>/summary.md`` (and ``summary.json``).
+
+Full grid (the lead schedules it)::
+
+    python -m slimembed.ctr.unified_experiment --rows 2000000 --seeds 0 1 2 --out runs/unified
+
+A smoke run::
+
+    python -m slimembed.ctr.unified_experiment --rows 50000 --seeds 0 --out /tmp/ue_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+METHODS = ("full", "hash", "multiplexed", "unified")
+MODELS = ("dcnv2", "deepfm")
+COMPRESSIONS = (10.0, 50.0, 250.0)
+
+
+def budget_tag(compression: Optional[float]) -> str:
+    return "full" if compression is None else f"{compression:g}x"
+
+
+def run_name(model: str, method: str, compression: Optional[float], seed: int) -> str:
+    return f"{model}/{method}_{budget_tag(compression)}_s{seed}"
+
+
+def ensure_data(out: Path, rows: int, scale: float, data_seed: int) -> Path:
+    """The synthetic dataset of this grid (generated once; reused when its knobs match)."""
+    from slimembed.datasets import generate
+
+    path = out / f"data_{rows}_scale{scale:g}_seed{data_seed}"
+    report = path / "report.json"
+    if (path / "schema.json").exists() and report.exists():
+        return path
+    print(f"[unified-experiment] generating {rows:,} synthetic Criteo-like rows in {path}", flush=True)
+    generate(path, rows=rows, scale=scale, seed=data_seed)
+    return path
+
+
+def grid(models: Sequence[str], methods: Sequence[str], compressions: Sequence[float],
+         seeds: Sequence[int]) -> List[Dict[str, Any]]:
+    """The runs, in an order that gives a complete first seed early."""
+    runs = []
+    for seed in seeds:
+        for model in models:
+            for method in methods:
+                for c in ([None] if method == "full" else compressions):
+                    runs.append({"model": model, "method": method, "compression": c, "seed": seed})
+    return runs
+
+
+def experiment_config(run: Dict[str, Any], data: Path, out: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    from slimembed.ctr.experiment import DEFAULTS, deep_merge, validate_config
+
+    table: Dict[str, Any] = {"method": run["method"]}
+    if run["compression"] is not None:
+        table["compression"] = float(run["compression"])
+    cfg = {
+        "data": {"path": str(data), "batch_size": args.batch_size},
+        "model": {"name": run["model"], "embedding_dim": args.dim},
+        "table": table,
+        "train": {"epochs": args.epochs, "lr": args.lr, "seed": int(run["seed"]),
+                  "early_stop_patience": 1, "num_threads": args.threads, "progress": False,
+                  "log_every": 10**9},
+        "output": str(out / "runs" / f"{run_name(**run)}.json"),
+    }
+    return validate_config(deep_merge(DEFAULTS, cfg))
+
+
+def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    from slimembed.ctr.experiment import run_experiment
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(out, args.rows, args.scale, args.data_seed)
+    runs = grid(args.models, args.methods, args.compressions, args.seeds)
+    done = 0
+    for i, run in enumerate(runs):
+        cfg = experiment_config(run, data, out, args)
+        path = Path(cfg["output"])
+        if path.exists():
+            done += 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        rec = run_experiment(cfg, extra={"unified_experiment": run})
+        auc = (rec["metrics"].get("test") or {}).get("auc")
+        print(f"[{i + 1}/{len(runs)}] {run_name(**run)}: test AUC {auc:.4f}, "
+              f"tables {rec['memory']['table_bytes']:,} B, {time.perf_counter() - t0:.0f} s", flush=True)
+    if done:
+        print(f"[unified-experiment] {done} finished runs skipped (resumed)", flush=True)
+    return runs
+
+
+def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None) -> str:
+    """Markdown table of mean ± std test AUC and bytes per (model, method, budget)."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for path in sorted((out / "runs").glob("*/*.json")):
+        rec = json.loads(path.read_text())
+        run = rec.get("extra", {}).get("unified_experiment")
+        if run is None:
+            continue
+        key = (run["model"], run["method"], run["compression"])
+        groups.setdefault(key, []).append(rec)
+    order = {m: i for i, m in enumerate(METHODS)}
+    keys = sorted(groups, key=lambda k: (k[0], -1 if k[2] is None else k[2], order.get(k[1], 99)))
+    lines = ["| model | budget | method | test AUC (mean ± std) | table bytes | compression | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    rows_json = []
+    for model, method, comp in keys:
+        recs = groups[(model, method, comp)]
+        aucs = [r["metrics"]["test"]["auc"] for r in recs if (r["metrics"].get("test") or {}).get("auc") is not None]
+        mean = statistics.fmean(aucs) if aucs else math.nan
+        std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        tb = statistics.fmean(r["memory"]["table_bytes"] for r in recs)
+        ratio = statistics.fmean(r["memory"]["ratio"] for r in recs)
+        lines.append(f"| {model} | {budget_tag(comp)} | {method} | {mean:.4f} ± {std:.4f} | "
+                     f"{tb:,.0f} | {ratio:.1f}x | {len(aucs)} |")
+        rows_json.append({"model": model, "method": method, "compression": comp, "auc_mean": mean,
+                          "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs)})
+    text = "\n".join(lines)
+    (out / "summary.md").write_text(text + "\n")
+    (out / "summary.json").write_text(json.dumps(rows_json, indent=2))
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slimembed.ctr.unified_experiment",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/unified")
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--scale", type=float, default=0.02, help="synthetic cardinality scale")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--compressions", nargs="+", type=float, default=list(COMPRESSIONS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--summary-only", action="store_true", help="only summarise finished runs")
+    args = p.parse_args(argv)
+    if not args.summary_only:
+        run_grid(args)
+    print(summarize(Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
