@@ -150,8 +150,17 @@ def solve_knob(
     return module
 
 
-def allocate_rows(total: int, sizes, minimum: int = 1, exact: bool = True):
+def row_floors(sizes, min_rows: int = 1, collisionless_max: int = 0):
+    """Per-field row floors: a field of at most ``collisionless_max`` values keeps all its rows
+    (tiny fields cost almost nothing and lose the most from collisions: a 3-value field folded
+    into 1 row loses all its signal); others at least ``min_rows``."""
+    return [int(n) if int(n) <= int(collisionless_max) else min(int(n), int(min_rows)) for n in sizes]
+
+
+def allocate_rows(total: int, sizes, minimum=1, exact: bool = True):
     """Split ``total`` rows over fields proportionally to their sizes, capped at each size.
+
+    ``minimum`` is one floor for every field or a list of per-field floors (:func:`row_floors`).
 
     Water-filling: field ``f`` gets ``min(N_f, max(min(N_f, minimum), lam * N_f))`` rows with one
     common ``lam`` (an exact rational, so every field's share is monotone in ``total``), floored.
@@ -165,7 +174,8 @@ def allocate_rows(total: int, sizes, minimum: int = 1, exact: bool = True):
     sizes = [int(s) for s in sizes]
     total = int(total)
     n = len(sizes)
-    floor_rows = [min(s, int(minimum)) for s in sizes]
+    mins = [int(minimum)] * n if isinstance(minimum, (int, float)) else [int(m) for m in minimum]
+    floor_rows = [min(s, m) for s, m in zip(sizes, mins)]
     if total < sum(floor_rows):
         raise ValueError(f"{total} rows cannot give each of {n} fields its minimum ({sum(floor_rows)} in all)")
     if total >= sum(sizes):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
-from .budget import allocate_rows, solve_knob
+from .budget import allocate_rows, row_floors, solve_knob
 from .feature import Feature
 from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
 from .hashing import HashFamily
@@ -50,6 +50,8 @@ class DoubleHashTable(GatherTable):
         frequent_ids: optional dedicated-row ids per feature name (duplicates are dropped; ignored
             for collision-free features).
         min_rows: floor of a feature's rows under ``total_rows`` (default 2: one row per table).
+        collisionless_max: under ``total_rows``, features of at most this many values keep all
+            their rows (default 200, DLRM's QR threshold; 0 splits every feature proportionally).
         seed, sparse, init_scale: as in :class:`slimembed.tables.HashTable`.
 
     Memory: ``(sum_f r_f + sum_f K_f) * D`` fp32 + id map ``8 * (U + K)`` + hash coefficients
@@ -78,6 +80,7 @@ class DoubleHashTable(GatherTable):
         shared: bool = False,
         frequent_ids: IdsSpec = None,
         min_rows: int = 2,
+        collisionless_max: int = 200,
         seed: int = 0,
         sparse: bool = False,
         init_scale: float = DEFAULT_INIT_SCALE,
@@ -92,7 +95,8 @@ class DoubleHashTable(GatherTable):
         if rows is not None and total_rows is not None:
             raise ValueError("give rows or total_rows, not both")
         if total_rows is not None:
-            r = allocate_rows(int(total_rows), sizes, minimum=min_rows, exact=True)
+            floors = row_floors(sizes, min_rows, collisionless_max)
+            r = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True)
         elif rows is not None:
             r = [min(a, n) for a, n in zip(per_feature(rows, self.features, "rows"), sizes)]
         else:
@@ -267,7 +271,7 @@ class DoubleHashTable(GatherTable):
         kwargs.pop("total_rows", None)
         dim = common_dim(features, "DoubleHashTable")
         sizes = [int(f.num_embeddings) for f in features]
-        floor = sum(min(n, int(kwargs.get("min_rows", 2))) for n in sizes)
+        floor = sum(row_floors(sizes, kwargs.get("min_rows", 2), kwargs.get("collisionless_max", 200)))
         hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
         return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
                           floor, hi, method=cls.method, knob="total_rows")

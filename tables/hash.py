@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
-from .budget import allocate_rows, solve_knob
+from .budget import allocate_rows, row_floors, solve_knob
 from .feature import Feature
 from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
 from .hashing import HashFamily
@@ -38,6 +38,8 @@ class HashTable(GatherTable):
             at least ``min_rows`` each; see :func:`slimembed.tables.budget.allocate_rows`).
             Neither: ``M_f = min(N_f, 2**20)``.
         min_rows: floor of a feature's rows under ``total_rows`` (default 1).
+        collisionless_max: under ``total_rows``, features of at most this many values keep all
+            their rows (default 200, DLRM's QR threshold; 0 splits every feature proportionally).
         signed: multiply each row by a ±1 sign hash.
         seed: the hash family's seed.
         sparse: sparse row gradients.
@@ -65,6 +67,7 @@ class HashTable(GatherTable):
         rows: RowsSpec = None,
         total_rows: Optional[int] = None,
         min_rows: int = 1,
+        collisionless_max: int = 200,
         signed: bool = False,
         seed: int = 0,
         sparse: bool = False,
@@ -76,7 +79,8 @@ class HashTable(GatherTable):
         if rows is not None and total_rows is not None:
             raise ValueError("give rows or total_rows, not both")
         if total_rows is not None:
-            m = allocate_rows(int(total_rows), sizes, minimum=min_rows, exact=True)
+            floors = row_floors(sizes, min_rows, collisionless_max)
+            m = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True)
         elif rows is not None:
             m = [min(r, n) for r, n in zip(per_feature(rows, self.features, "rows"), sizes)]
         else:
@@ -140,7 +144,7 @@ class HashTable(GatherTable):
         kwargs.pop("total_rows", None)
         dim = common_dim(features, "HashTable")
         sizes = [int(f.num_embeddings) for f in features]
-        floor = sum(min(n, int(kwargs.get("min_rows", 1))) for n in sizes)
+        floor = sum(row_floors(sizes, kwargs.get("min_rows", 1), kwargs.get("collisionless_max", 200)))
         hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
         return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
                           floor, hi, method=cls.method, knob="total_rows")
