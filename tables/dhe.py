@@ -11,6 +11,12 @@ embedding::
 Memory is the MLP (weights, biases, BatchNorm affine parameters and running statistics) plus the
 hash coefficients; it does not grow with the vocabulary, so ids are any non-negative int64
 (vocabulary-free, unseen ids at serving time just work).
+
+Compute runs once per *distinct* (field, id) in a batch (CTR ids repeat heavily: a Zipf batch of
+4096 x 26 Criteo-like ids has ~2.2k distinct pairs in 106k): the encoding and the whole MLP run
+on the distinct rows and are indexed back. BatchNorm keeps its all-occurrences batch statistics
+(count-weighted over the distinct rows), so outputs, gradients and running statistics are those
+of the plain all-rows pass up to float summation order.
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ from torch import Tensor, nn
 from .base import EmbeddingTable, TableEmbeddingBag
 from .budget import solve_knob
 from .feature import Feature, check_features
-from .hashing import HashFamily, derive_seed, universal_hash
+from .hashing import MERSENNE_61, HashFamily, derive_seed
 from .registry import register
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
 ENCODINGS = ("uniform", "gaussian")
-# Hash elements per encoding chunk: the int64 temporaries of one chunk stay cache-resident on
-# CPU (measured ~6x faster than 32 MiB chunks); accelerators take big chunks.
-_CHUNK_ELEMENTS_CPU = 1 << 16
+# Hash elements per encoding chunk: the int64 temporaries of one chunk (128 KiB each) stay in
+# L2 on CPU (measured ~3x faster than 1 << 16 elements, ~7x faster than one [2213, 1024] block);
+# accelerators take big chunks.
+_CHUNK_ELEMENTS_CPU = 1 << 14
 _CHUNK_ELEMENTS_ACCEL = 1 << 24
+_MASK31 = (1 << 31) - 1
+_MASK30 = (1 << 30) - 1
 
 
 def dhe_mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int = 5, activation: str = "mish",
@@ -75,6 +84,17 @@ class DHETable(EmbeddingTable):
     Each id gets ``num_hashes`` universal hashes (the project's family, :mod:`.hashing`: mod the
     Mersenne prime ``2**61 - 1``) reduced mod ``buckets`` and scaled to ``[-1, 1]``; an MLP maps this
     ``[N, k]`` encoding to ``[N, d]``. The encoding is recomputed every call (nothing stored).
+
+    **Speed.** :meth:`embed` deduplicates per call: ids whose salted value (below) is equal have
+    equal encodings, so the encoding and the MLP run on the ``U`` distinct values only and the
+    ``U`` rows are indexed back to ``N``. BatchNorm in training mode does *not* switch to
+    statistics over the distinct rows (that would weight a rare id like a hot one and change the
+    model): each distinct row counts as often as it occurs (:func:`_batch_norm_counted`), so the
+    result is the all-rows computation's, up to float summation order (and closer to a float64
+    reference than the all-rows float32 pass, which sums ``N`` terms). Measured on the
+    bench batch (4096 x 26 Zipf ids, k=1024, hidden=402; 1 CPU thread): ~11k samples/s, ~57x
+    the all-rows pass; deduplicating only the encoding and running the MLP on all ``N`` rows
+    gave only ~1.2-1.4x, since the MLP on all 106k rows then dominates.
 
     **Fields.** By default all features share one MLP (so the budget buys one wide network, the
     paper's setting with one id space). Fields differ through a per-field salt: the id first goes
@@ -214,15 +234,28 @@ class DHETable(EmbeddingTable):
         Uniform: values in ``[-1, 1]``. Gaussian: standard normal via Box-Muller on hash pairs.
         Deterministic across processes and machines (integer hashing only, then one float map).
         """
-        salted = self.field_hash.raw(ids, fields=fields)  # [N] in [0, P): per-field bijection
+        return self.encode_salted(self.field_hash.raw(ids, fields=fields))
+
+    @torch.no_grad()
+    def encode_salted(self, salted: Tensor) -> Tensor:
+        """:meth:`encode` after the per-field bijection: ``salted [N]`` in ``[0, P)`` -> ``[N, k]``.
+
+        Every hash ``h_j(x) = ((a_j x + b_j) mod P) mod m`` is the same integer as
+        :func:`~.hashing.universal_hash` gives, computed by :func:`_hash_rows`: one broadcast
+        ``[n, 1] x [1, k]`` pass per chunk of rows, in-place int64 ops, the coefficient halves split once.
+        """
         coef = self.enc_hash.coef[0]  # [k, 2]
         a, b = coef[:, 0], coef[:, 1]
+        ah, al = a >> 31, a & _MASK31
+        ah2, b_minus_p = 2 * ah, b - MERSENNE_61  # [k]; b - P < 0 keeps the sum below 2**63
+        xh, xl = (salted >> 31).unsqueeze(1), (salted & _MASK31).unsqueeze(1)  # [N, 1]
         m = self.buckets
-        out = torch.empty(ids.numel(), self.num_hashes, dtype=torch.float32, device=ids.device)
-        chunk = _CHUNK_ELEMENTS_CPU if ids.device.type == "cpu" else _CHUNK_ELEMENTS_ACCEL
+        n = salted.numel()
+        out = torch.empty(n, self.num_hashes, dtype=torch.float32, device=salted.device)
+        chunk = _CHUNK_ELEMENTS_CPU if salted.device.type == "cpu" else _CHUNK_ELEMENTS_ACCEL
         step = max(1, chunk // self.num_hashes)
-        for s in range(0, ids.numel(), step):
-            h = universal_hash(salted[s:s + step, None], a, b, m)  # [n, k] in [0, m)
+        for s in range(0, n, step):
+            h = _hash_rows(xh[s:s + step], xl[s:s + step], ah, al, ah2, b_minus_p, m)  # [n, k] in [0, m)
             if self.encoding == "uniform":
                 out[s:s + step] = h.to(torch.float32) * (2.0 / (m - 1)) - 1.0
             else:
@@ -239,16 +272,28 @@ class DHETable(EmbeddingTable):
         dtype = self.mlps[0][0].weight.dtype
         if ids.numel() == 0:
             return torch.zeros(0, self.dim, device=ids.device, dtype=dtype)
-        enc = self.encode(ids, fields).to(dtype)
+        salted = self.field_hash.raw(ids, fields=fields)  # [N]: equal values <=> equal encodings
         if not self.per_feature:
-            return self.mlps[0](enc)
+            return self._embed_salted(self.mlps[0], salted, dtype)
         out = torch.zeros(ids.numel(), self.dim, device=ids.device, dtype=dtype)
         which = self._field_mlp[fields]
         for g, mlp in enumerate(self.mlps):
             sel = (which == g).nonzero().squeeze(1)
             if sel.numel():
-                out = out.index_put((sel,), mlp(enc[sel]))
+                out = out.index_put((sel,), self._embed_salted(mlp, salted[sel], dtype))
         return out
+
+    def _embed_salted(self, mlp: nn.Sequential, salted: Tensor, dtype: torch.dtype) -> Tensor:
+        """``mlp(encode(...))`` for all ``N`` rows, computed on the distinct values only.
+
+        Same function as the plain all-rows pass, BatchNorm included: batch statistics are
+        count-weighted over the distinct rows (:func:`_mlp_distinct`), i.e. still taken over
+        all ``N`` occurrences. Equal up to float rounding (summation order), gradients too.
+        """
+        uniq, inverse, counts = torch.unique(salted, return_inverse=True, return_counts=True)
+        if uniq.numel() == salted.numel():  # nothing repeats: the plain pass
+            return mlp(self.encode_salted(salted).to(dtype))
+        return _mlp_distinct(mlp, self.encode_salted(uniq).to(dtype), inverse, counts)
 
     def extra_repr(self) -> str:
         return (
@@ -315,3 +360,101 @@ class DHEEmbeddingBag(TableEmbeddingBag):
         )
         super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
         table.to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# fast path helpers: the hash encoding and the MLP over distinct ids
+# ---------------------------------------------------------------------------------------------
+def _hash_rows(xh: Tensor, xl: Tensor, ah: Tensor, al: Tensor, ah2: Tensor, b_minus_p: Tensor,
+               m: int) -> Tensor:
+    """``((a_j x_i + b_j) mod P) mod m`` as ``LongTensor[n, k]``, exact, no int64 overflow.
+
+    ``x = xh * 2**31 + xl`` (``xh [n, 1] < 2**30``, ``xl [n, 1] < 2**31``, so ``x < P``) and
+    ``a = ah * 2**31 + al`` (``[k]``), ``ah2 = 2 * ah``, ``b_minus_p = b - P``. The split product
+    of :func:`~.hashing.mulmod_p`, with ``2**62 = 2`` and ``2**61 = 1 (mod P)``::
+
+        a x = 2 ah xh + (mid >> 30) + (mid & (2**30-1)) << 31 + (lo & P) + (lo >> 61)   (mod P)
+        mid = ah xl + al xh < 2**62,   lo = al xl < 2**62
+
+    The five terms sum below ``3 * 2**61 + 2**32 + 2``; adding ``b - P`` (in ``[-P, 0)``) keeps
+    ``t`` in ``[-P, 2**63)``, so one fold ``(t & P) + (t >> 61)`` (arithmetic shift: ``-1`` for
+    ``t < 0``) lands in ``[0, 2**61 + 3)`` and one conditional subtraction in ``[0, P)``. That is
+    one fold fewer than ``universal_hash`` (which folds before and after adding ``b``); the
+    ``[n, k]`` temporaries are updated in place where possible.
+    """
+    t = ah2 * xh  # < 2**61
+    mid = ah * xl
+    mid += al * xh  # < 2**62
+    t += mid >> 30
+    t += mid.bitwise_and_(_MASK30).bitwise_left_shift_(31)
+    lo = al * xl  # < 2**62
+    t += lo & MERSENNE_61
+    t += lo.bitwise_right_shift_(61)
+    t += b_minus_p  # in [-P, 3 * 2**61 + 2**32 + 2)
+    h = t & MERSENNE_61
+    h += t.bitwise_right_shift_(61)  # [0, 2**61 + 3), = a x + b (mod P)
+    h = torch.where(h >= MERSENNE_61, h - MERSENNE_61, h)
+    return h.remainder_(m)
+
+
+_ROWWISE = (nn.Linear, nn.Identity, *ACTIVATIONS.values())
+
+
+def _mlp_distinct(mlp: nn.Sequential, x: Tensor, inverse: Tensor, counts: Tensor) -> Tensor:
+    """``mlp(x[inverse])`` computed on the distinct rows ``x [U, k]``; returns ``[N, d]``.
+
+    Row-wise modules (Linear, activations, BatchNorm on running statistics) run on the ``U``
+    rows. BatchNorm on batch statistics runs :func:`_batch_norm_counted`: the statistics of the
+    ``N`` rows ``x[inverse]`` from the distinct rows weighted by their ``counts`` — the same
+    values (up to summation order), the same running-statistics update, and (through autograd)
+    the same gradients as BatchNorm over all ``N`` rows. Any other module (user-modified MLPs)
+    gets the expanded rows, so the result is still exactly ``mlp(x[inverse])``.
+    """
+    total = inverse.numel()
+    layers = list(mlp)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, _ROWWISE):
+            x = layer(x)
+        elif isinstance(layer, nn.BatchNorm1d) and x.dim() == 2:
+            x = _batch_norm_counted(layer, x, counts, total)
+        else:
+            x = x[inverse]
+            for rest in layers[i:]:
+                x = rest(x)
+            return x
+    return x[inverse]
+
+
+def _batch_norm_counted(bn: nn.BatchNorm1d, x: Tensor, counts: Tensor, total: int) -> Tensor:
+    """``bn`` applied to ``N = total`` rows, row ``u`` of ``x [U, C]`` occurring ``counts[u]`` times.
+
+    Mirrors ``nn.BatchNorm1d.forward`` (momentum / cumulative average, ``num_batches_tracked``,
+    ``track_running_stats``, eval mode); only the batch statistics are count-weighted sums.
+    """
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    if not batch_stats:  # eval on running statistics: row-wise
+        return bn(x)
+    if total <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{torch.Size([total, x.shape[1]])}")
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    xs = x.float() if low else x
+    c = counts.to(xs.dtype)
+    mean = (c @ xs) / total  # [C]
+    xc = xs - mean
+    var = (c @ (xc * xc)) / total  # biased, as BatchNorm normalises with
+    y = xc * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.to(y.dtype) + bn.bias.to(y.dtype)
+    update = (bn.training and bn.track_running_stats and bn.running_mean is not None
+              and bn.running_var is not None)
+    if update:
+        with torch.no_grad():
+            rm, rv = bn.running_mean, bn.running_var
+            rm.mul_(1 - factor).add_(mean.detach().to(rm.dtype), alpha=factor)
+            rv.mul_(1 - factor).add_((var.detach() * (total / (total - 1))).to(rv.dtype), alpha=factor)
+    return y.to(x.dtype) if low else y

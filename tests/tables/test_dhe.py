@@ -186,3 +186,109 @@ def test_table_trains_a_step_inside_torchrec_dlrm_dcn():
     loss.backward()
     opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, table.parameters()))
+
+
+# ------------------------------------------------------------------ the fast path vs straightforward references
+def _reference_encoding(t, salted):
+    """Straightforward encoding: the project's ``universal_hash``, one function per column."""
+    from slimembed.tables.hashing import universal_hash
+
+    a, b = t.enc_hash.coef[0, :, 0], t.enc_hash.coef[0, :, 1]
+    h = torch.stack([universal_hash(salted, int(a[j]), int(b[j]), t.buckets) for j in range(t.num_hashes)], 1)
+    if t.encoding == "uniform":
+        return h.to(torch.float32) * (2.0 / (t.buckets - 1)) - 1.0
+    u = h.to(torch.float64)
+    u1, u2 = (u[:, 0::2] + 1.0) / t.buckets, u[:, 1::2] / t.buckets
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    z = torch.stack([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], dim=2)
+    return z.reshape(h.shape[0], -1).to(torch.float32)
+
+
+EDGE_SALTED = [0, 1, 2, 2**30 - 1, 2**30, 2**31 - 1, 2**31, 2**32 + 5, 2**60, MERSENNE_61 - 2, MERSENNE_61 - 1]
+
+
+@pytest.mark.parametrize("encoding", ["uniform", "gaussian"])
+def test_fast_encoding_equals_reference_bit_for_bit(encoding):
+    t = small(encoding=encoding)
+    gen = torch.Generator().manual_seed(3)
+    salted = torch.cat([torch.tensor(EDGE_SALTED), torch.randint(0, MERSENNE_61, (600,), generator=gen)])
+    fast = t.encode_salted(salted)  # 611 rows: several CPU chunks
+    assert torch.equal(fast, _reference_encoding(t, salted))
+    # python big ints for the edge values (no int64 arithmetic at all)
+    ab = t.enc_hash.coef[0].tolist()
+    for row, x in enumerate(EDGE_SALTED):
+        for j in (0, 1, 31, 62, 63):
+            h = ((ab[j][0] * x + ab[j][1]) % MERSENNE_61) % t.buckets
+            if encoding == "uniform":
+                want = torch.tensor(float(h), dtype=torch.float32) * (2.0 / (t.buckets - 1)) - 1.0
+                assert torch.equal(fast[row, j], want)
+    ids = torch.tensor(IDS)
+    fields = torch.tensor([0, 1, 0, 1, 1])
+    assert torch.equal(t.encode(ids, fields), _reference_encoding(t, t.field_hash.raw(ids, fields=fields)))
+
+
+def _repeating_ids(b=96):
+    gen = torch.Generator().manual_seed(0)
+    hot = torch.tensor([0, 1, 7, 2**45, 2**62 + 3])
+    ids = hot[torch.randint(0, 5, (b, 2), generator=gen)]
+    ids[::7] = torch.randint(0, 2**62, (len(ids[::7]), 2), generator=gen)  # some ids seen once
+    return ids
+
+
+def _plain_pass(t, ids):
+    """The straightforward computation: encode every occurrence, run each MLP on all its rows."""
+    flat = ids.reshape(-1)
+    fields = t.field_index(ids.shape[0], ids.device)
+    enc = t.encode(flat, fields).to(t.mlps[0][0].weight.dtype)
+    if not t.per_feature:
+        return t.mlps[0](enc).view(*ids.shape, -1)
+    out = torch.zeros(flat.numel(), t.dim, dtype=enc.dtype)
+    for g, mlp in enumerate(t.mlps):
+        sel = fields == g
+        out[sel] = mlp(enc[sel])
+    return out.view(*ids.shape, -1)
+
+
+@pytest.mark.parametrize("variant", ["shared", "per_feature", "cumulative_bn", "eval", "other_module"])
+def test_deduplicated_forward_backward_equals_the_all_rows_pass(variant):
+    """Distinct ids run once; count-weighted BatchNorm keeps the all-occurrences batch statistics."""
+    t = small(per_feature=variant == "per_feature").double()  # float64: only the math can differ
+    ref = make_table_from_config(t.config()).double()
+    ref.load_state_dict(t.state_dict())
+    for table in (t, ref):
+        if variant == "cumulative_bn":
+            for m in table.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.momentum = None
+        if variant == "other_module":  # not known to be row-wise: the rows are expanded before it
+            table.mlps[0][5] = torch.nn.Dropout(p=0.0)
+    if variant == "eval":
+        t.train(), ref.train()
+        t(_repeating_ids()), ref(_repeating_ids())  # running statistics away from their init
+        t.eval(), ref.eval()
+    ids = _repeating_ids()
+    salted = t.field_hash.raw(ids.reshape(-1), fields=t.field_index(ids.shape[0], ids.device))
+    assert torch.unique(salted).numel() < salted.numel() / 3  # the fast path really deduplicates
+    target = torch.randn(*ids.shape, t.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out, want = t(ids), _plain_pass(ref, ids)
+    torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-10)
+    (out * target).sum().backward()
+    (want * target).sum().backward()
+    for (name, p), q in zip(t.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
+    for (name, b), c in zip(t.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_deduplicated_float32_close_and_all_equal_ids():
+    t = small()
+    ref = make_table_from_config(t.config())
+    ref.load_state_dict(t.state_dict())
+    ids = _repeating_ids()
+    torch.testing.assert_close(t(ids), _plain_pass(ref, ids), rtol=1e-4, atol=1e-5)
+    for b, c in zip(t.buffers(), ref.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6)
+    same = torch.full((4, 2), 9)  # one distinct id per field: zero batch variance, like BatchNorm
+    torch.testing.assert_close(t(same), _plain_pass(ref, same), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        DHEEmbeddingBag(10, 4, mode="sum", num_hashes=8, hidden=4)(torch.tensor([3]), torch.tensor([0]))
