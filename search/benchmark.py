@@ -7,7 +7,7 @@ Criteo-like rows (scale 0.02: ~730k values, 800k train / 100k val / 100k test), 
 {2x, 10x, 100x, 1000x} of the full fp32 tables, seeds {0, 1}, plus the full table per seed as the
 reference: ~2 x 25 trained cells of ~1 minute (hashing-family tables train at ~20k samples/s on
 one loaded core; the full table with dense Adam at ~10k/s), the rest infeasible at 1000x.
-``tt`` (~1.8k samples/s: ~9 min a cell) and ``dhe`` (< 400 samples/s: 40+ min a cell) are excluded
+``tt`` (~1.8k samples/s: ~9 min a cell) and ``dhe`` (~2.5k-11k samples/s: several minutes a cell) are excluded
 by default, and the OptEmbed tables are left out (their memory comes from their own pipeline,
 ``slimembed optembed``); the reasons are printed, and a config can change all of it
 (``exclude: {}`` runs every method). ``mde`` cells are infeasible with DeepFM: its 1-dim
@@ -66,8 +66,8 @@ DEFAULT_BENCHMARK: Dict[str, Any] = {
     "exclude": {
         "tt": "too slow for the default CPU grid: ~1.8k samples/s on one core against ~20k for the "
               "hashing tables (three TT cores, two batched matmuls per id): ~9 min a cell at 800k rows",
-        "dhe": "too slow for the default CPU grid: < 400 samples/s (1024 hashes + a 5-layer MLP per id, "
-               "forward and backward): 40+ min a cell at 800k rows",
+        "dhe": "slow for the default CPU grid: ~2.5k-11k samples/s forward+backward (`slimembed bench "
+               "tables`; 1024 hashes + a 5-layer MLP per distinct id): ~3-6 min a cell at 800k rows",
     },
     "reference": True,
     "out": "runs/benchmark",
