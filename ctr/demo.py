@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-DEMO_ROWS = 600_000
-DEMO_METHODS = ("full",)
+DEMO_ROWS = 500_000
+DEMO_METHODS = ("full", "hash", "qr", "unified")
 DEMO_MODEL = {"name": "deepfm", "embedding_dim": 16, "hidden_units": [400, 400, 400]}
-DEMO_TRAIN = {"epochs": 1, "lr": 1e-3, "embedding_optimizer": "adam", "early_stop_patience": None}
+DEMO_TRAIN = {"epochs": 1, "lr": 1e-3, "embedding_optimizer": "sparse_adam", "early_stop_patience": None}
 
 
 def _ensure_data(data_dir: Path, rows: int, seed: int) -> Dict[str, Any]:

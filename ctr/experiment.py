@@ -7,6 +7,7 @@ This is the single way the CLI, the demo, benchmarks and sweeps build and run a 
     table: {method: full}            # or {method: hash, compression: 10}
     train: {epochs: 1, lr: 0.001, embedding_optimizer: adam, seed: 0}
     output: runs/demo/result.json
+    distributed: {sharding: none}    # optional; used under torchrun (docs/distributed.md)
 
 ``table.compression`` (or ``table.budget_bytes``, converted to the same ratio over the field
 table) applies to every table of the model: the field table and the 1-dim first-order table.
@@ -30,7 +31,7 @@ DEFAULTS: Dict[str, Any] = {
     "train": {},
     "output": None,
 }
-SECTIONS = tuple(DEFAULTS)
+SECTIONS = tuple(DEFAULTS) + ("distributed",)  # optional section: no default, not in records unless given
 DATA_KEYS = set(DEFAULTS["data"])
 
 
@@ -99,33 +100,66 @@ def validate_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     bad = sorted(set(cfg["model"]) - allowed)
     if bad:
         raise ValueError(f"model {name!r} has no options {bad}; allowed: {sorted(allowed)}")
-    method = cfg["table"].get("method")
-    if method not in available_methods():
-        raise ValueError(f"unknown table method {method!r}; available: {', '.join(available_methods())}")
+    for where, tc in (("table", cfg["table"]), ("table.first_order", cfg["table"].get("first_order"))):
+        if tc is None:
+            continue
+        method = tc if isinstance(tc, str) else (tc.get("method") if isinstance(tc, Mapping) else None)
+        if method not in available_methods():
+            raise ValueError(f"{where}: unknown table method {method!r}; available: {', '.join(available_methods())}")
     TrainConfig.from_dict(cfg["train"])  # raises on unknown keys / bad values
+    if "distributed" in cfg:
+        from slimembed.ctr.distributed import DistributedConfig, check_method_shardable
+
+        if DistributedConfig.from_dict(cfg["distributed"]).model_parallel:
+            check_method_shardable(cfg["table"]["method"], cfg["table"])
     return cfg
 
 
 def table_factory_from(cfg: Mapping[str, Any], field_features: Sequence[Feature], embedding_optimizer: str):
-    """``features -> table`` for this experiment; budgets become one compression ratio."""
+    """``features -> table`` for this experiment; budgets become one compression ratio.
+
+    ``table.first_order`` (optional, a method name or a table config without ``features``) builds the models'
+    1-dim first-order tables with another method, e.g. ``{method: hash}`` beside ``mde``, whose
+    dims cannot go below 1; it inherits the compression unless it sets its own.
+    """
     from slimembed.ctr.optim import table_factory_for
 
     tcfg = dict(cfg)
     method = tcfg.pop("method")
+    first = tcfg.pop("first_order", None)
     budget = tcfg.pop("budget_bytes", None)
     if budget is not None:
         if "compression" in tcfg:
             raise ValueError("table: give budget_bytes or compression, not both")
         full = sum(f.num_embeddings * f.embedding_dim * 4 for f in field_features)
         tcfg["compression"] = full / float(budget)
-    return table_factory_for(embedding_optimizer, method, **tcfg)
+    main = table_factory_for(embedding_optimizer, method, **tcfg)
+    if first is None:
+        return main
+    first = {"method": first} if isinstance(first, str) else dict(first)
+    first_method = first.pop("method")
+    if first_method != "full" and "compression" not in first and "budget_bytes" not in first:
+        first["compression"] = tcfg.get("compression")
+    first = {k: v for k, v in first.items() if v is not None}
+    first_order = table_factory_for(embedding_optimizer, first_method, **first)
+
+    def factory(features: Sequence[Feature]):
+        return first_order(features) if all(f.embedding_dim == 1 for f in features) else main(features)
+
+    return factory
 
 
 def build_experiment(cfg: Mapping[str, Any]):
     """Loaders, schema features and the model for a validated config.
 
     Returns ``(model, train_loader, val_loader, test_loader, features, schema)``.
+
+    In a distributed run (a process group is up) the loaders are sharded by rank: ``batch_size``
+    and ``eval_batch_size`` stay global (each rank takes ``1 / world_size`` of every batch, so a
+    config trains the same on any number of processes) and the train loader drops the trailing
+    rows that cannot be split evenly (``drop_last``).
     """
+    from slimembed.ctr import distributed as dist
     from slimembed.ctr.models import make_model
     from slimembed.ctr.trainer import TrainConfig, seed_everything
     from slimembed.datasets import load_processed, make_loader
@@ -141,21 +175,49 @@ def build_experiment(cfg: Mapping[str, Any]):
     factory = table_factory_from(cfg["table"], features, tcfg.embedding_optimizer)
     model = make_model(name, features, schema.num_dense, table_factory=factory, **mcfg)
     common = dict(fold=data.get("fold"), fold_min_rows=data.get("fold_min_rows", 0))
-    train = make_loader(data["path"], "train", data["batch_size"], shuffle=data["shuffle"],
-                        seed=tcfg.seed, block_size=data["block_size"], **common)
-    val = make_loader(data["path"], "val", data["eval_batch_size"], **common)
-    test = make_loader(data["path"], "test", data["eval_batch_size"], **common)
+    batch_size, eval_batch_size, train_kw = data["batch_size"], data["eval_batch_size"], {}
+    if dist.is_initialized():
+        world = dist.get_world_size()
+        if batch_size % world:
+            raise ValueError(f"data.batch_size={batch_size} is the global batch: it must be divisible by "
+                             f"the world size {world}")
+        batch_size, eval_batch_size = batch_size // world, max(1, -(-eval_batch_size // world))
+        common.update(rank=dist.get_rank(), world_size=world)
+        train_kw = dict(drop_last=True)
+    train = make_loader(data["path"], "train", batch_size, shuffle=data["shuffle"],
+                        seed=tcfg.seed, block_size=data["block_size"], **common, **train_kw)
+    val = make_loader(data["path"], "val", eval_batch_size, **common)
+    test = make_loader(data["path"], "test", eval_batch_size, **common)
     return model, train, val, test, features, schema
 
 
 def run_experiment(cfg: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Train and evaluate one experiment; returns (and writes to ``output``) the JSON record."""
-    from slimembed.ctr.trainer import train_and_evaluate
+    """Train and evaluate one experiment; returns (and writes to ``output``) the JSON record.
 
-    model, train, val, test, features, schema = build_experiment(cfg)
-    info = {"experiment": dict(cfg), "schema_meta": schema.meta, **(extra or {})}
-    return train_and_evaluate(model, train, val, test, config=cfg["train"],
-                              output_path=cfg.get("output"), extra=info)
+    Under ``torchrun`` the process group is started here (gloo on CPU, nccl on CUDA), the model is
+    wrapped by :func:`slimembed.ctr.distributed.wrap_model` per the optional ``distributed``
+    section, and only rank 0 writes; see ``docs/distributed.md``.
+    """
+    from slimembed.ctr import distributed as dist
+    from slimembed.ctr.trainer import TrainConfig, train_and_evaluate
+
+    started = not dist.is_initialized() and dist.init_distributed(
+        cfg.get("distributed"), device=TrainConfig.from_dict(cfg["train"]).device)
+    try:
+        model, train, val, test, features, schema = build_experiment(cfg)
+        info = {"experiment": dict(cfg), "schema_meta": schema.meta, **(extra or {})}
+        if dist.is_initialized():
+            tcfg = TrainConfig.from_dict(cfg["train"])
+            model = dist.wrap_model(model, cfg.get("distributed"), train_config=tcfg,
+                                    batch_size=train.batch_size)
+        record = train_and_evaluate(model, train, val, test, config=cfg["train"],
+                                    output_path=cfg.get("output"), extra=info)
+        if started:
+            dist.barrier()  # rank 0 has written the record
+        return record
+    finally:
+        if started:
+            dist.destroy()
 
 
 def result_summary(record: Mapping[str, Any]) -> List[str]:

@@ -84,6 +84,7 @@ def experiment_config(run: Dict[str, Any], data: Path, out: Path, args: argparse
         "model": {"name": run["model"], "embedding_dim": args.dim},
         "table": table,
         "train": {"epochs": args.epochs, "lr": args.lr, "seed": int(run["seed"]),
+                  "embedding_optimizer": args.embedding_optimizer,
                   "early_stop_patience": 1, "num_threads": args.threads, "progress": False,
                   "log_every": 10**9},
         "output": str(out / "runs" / f"{run_name(**run)}.json"),
@@ -162,7 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--embedding-optimizer", default="sparse_adam",
+                   help="adam | sparse_adam | rowwise_adagrad | adagrad (the same for every arm)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary-only", action="store_true", help="only summarise finished runs")
     args = p.parse_args(argv)

@@ -30,9 +30,13 @@ def main() -> None:
     p.add_argument("--fold-min-rows", type=int, nargs="+", default=[0])
     p.add_argument("--hidden", type=int, nargs="+", default=[400, 400, 400])
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--embedding-optimizer", default="sparse_adam")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (1 on a shared machine)")
+    p.add_argument("--data", default=None, help="reuse this processed directory instead of OUT/data")
     a = p.parse_args()
     out = Path(a.out)
-    data = out / "data"
+    data = Path(a.data) if a.data else out / "data"
     if not (data / "schema.json").exists():
         kw = {} if a.signal_gamma is None else {"signal_gamma": a.signal_gamma}
         rep = generate(str(data), rows=a.rows, seed=a.seed, progress=True, **kw)
@@ -45,15 +49,17 @@ def main() -> None:
             rec = json.loads(path.read_text())
         else:
             cfg = load_config(None, [f"data.path={data}", f"output={path}"])
-            cfg["data"].update(fold=fold, fold_min_rows=min_rows)
+            cfg["data"].update(fold=fold, fold_min_rows=min_rows, batch_size=a.batch_size)
             cfg["model"].update(hidden_units=a.hidden)
-            cfg["train"] = {"epochs": a.epochs, "seed": a.seed, "early_stop_patience": None}
+            cfg["train"] = {"epochs": a.epochs, "seed": a.seed, "early_stop_patience": None,
+                            "embedding_optimizer": a.embedding_optimizer, "num_threads": a.threads}
             print(f"[calibrate] training DeepFM, {name} ...", flush=True)
             rec = run_experiment(cfg)
         results[name] = rec
     meta = json.loads((data / "schema.json").read_text())["meta"]["generator"]
     full = results["full"]
-    print(f"\nsynthetic Criteo-like data: {a.rows:,} rows, teacher AUC {meta['teacher_auc']:.4f}, "
+    print(f"\nDeepFM {a.hidden}, {a.epochs} epoch(s), batch {a.batch_size}, embeddings by {a.embedding_optimizer}")
+    print(f"synthetic Criteo-like data: {a.rows:,} rows, teacher AUC {meta['teacher_auc']:.4f}, "
           f"signal_gamma {meta['signal_gamma']}, zipf {meta['zipf_exponent']}")
     print("| run | test AUC | AUC - full | logloss | table bytes | compression |")
     print("|---|---|---|---|---|---|")

@@ -257,7 +257,9 @@ def allowed_knobs(method: str) -> Tuple[List[str], List[str]]:
         params = {}
     names = [n for n, p in params.items()
              if n not in ("self", "features") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    allowed = sorted({COMPRESSION, *[n for n in names if n not in solved and n not in SET_BY_EXPERIMENT]})
+    # first_order: the experiment's table key for the models' 1-dim first-order tables
+    allowed = sorted({COMPRESSION, "first_order",
+                      *[n for n in names if n not in solved and n not in SET_BY_EXPERIMENT]})
     return allowed, solved
 
 

@@ -59,6 +59,7 @@ def test_same_seed_same_result(tmp_path, data_dir):
     "override, message",
     [
         ("table.method=nope", "unknown table method 'nope'; available:"),
+        ("table.first_order={method: nah}", "table.first_order: unknown table method 'nah'"),
         ("model.name=xdeepfm", "unknown model 'xdeepfm'; available:"),
         ("model.depth=3", "has no options ['depth']"),
         ("train.epoch=3", "unknown TrainConfig keys ['epoch']"),
@@ -93,3 +94,27 @@ def test_prepare_real_criteo_sample_then_train(tmp_path, capsys):
     cfg = _config(tmp_path, out)
     assert main(["train", "--config", str(cfg)]) == 0
     assert "test AUC" in capsys.readouterr().out
+
+
+def test_first_order_table_method(tmp_path, data_dir):
+    from slimembed.ctr.experiment import build_experiment
+
+    cfg_path = _config(tmp_path, data_dir, compression=4)
+    cfg = load_config(cfg_path, ["table.method=mde", "table.first_order={method: hash}"])
+    model = build_experiment(cfg)[0]
+    assert type(model.embedding).__name__ == "MDETable"
+    assert type(model.first_order).__name__ == "HashTable"
+    from slimembed.tables import memory_report
+
+    rep = memory_report(model.first_order)
+    assert rep.ratio > 3.5  # inherits compression=4
+
+
+def test_demo_runs_and_resumes(tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--rows", "5000", "--methods", "full", "hash"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "teacher AUC" in out and "| hash |" in out
+    assert main(args) == 0  # finished methods are reused, not retrained
+    out = capsys.readouterr().out
+    assert "reusing synthetic data" in out and "hash: reusing" in out
