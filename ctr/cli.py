@@ -52,8 +52,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from slimembed.ctr.experiment import load_config, result_summary, run_experiment
 
+    from slimembed.ctr.distributed import is_main_process
+
     cfg = load_config(args.config, args.set)
     record = run_experiment(cfg)
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     for line in result_summary(record):
         print(line)
     if record.get("output_path"):
@@ -78,6 +82,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(out_dir=args.out, rows=args.rows, methods=args.methods, compression=args.compression,
              epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def _cmd_optembed(args: argparse.Namespace) -> int:
+    from slimembed.search.optembed import run_pipeline
+
+    overrides = list(args.set) + ([f"output={args.out}"] if args.out else [])
+    summary = run_pipeline(args.config, overrides, stop_after=args.stop_after)
+    if "test_auc" in summary:
+        print(f"OptEmbed ({summary['variant']}, {summary['model']}): test AUC {summary['test_auc']:.4f}, "
+              f"logloss {summary['test_logloss']:.4f}; kept rows {summary['kept_rows']:,}/{summary['rows']:,}; "
+              f"exported field table {summary['exported_table_bytes']:,} bytes "
+              f"({summary['compression']:.2f}x vs full fp32)")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from slimembed.search.sweep import run_sweep
+
+    run_sweep(args.config, args.set, n_trials=args.n_trials, total_trials=args.total_trials,
+              storage=args.storage, study_name=args.study)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from slimembed.search.report import report
+
+    report(args.source, out_dir=args.out, study=args.study, metric=args.metric)
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from slimembed.search.benchmark import run_benchmark
+
+    run_benchmark(args.config, args.set, out=args.out, dry_run=args.dry_run)
     return 0
 
 
@@ -125,6 +164,41 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=1)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    o = sub.add_parser("optembed", help="OptEmbed: supernet -> evolutionary search -> retrain -> export (resumable)")
+    o.add_argument("--config", required=True, help="pipeline YAML (data/model/train/optembed/output)")
+    o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set optembed.generations=10")
+    o.add_argument("--out", default=None, help="output directory (overrides the config's output)")
+    o.add_argument("--stop-after", choices=["supernet", "search", "retrain", "export"], default=None,
+                   help="end after this stage (rerun to continue)")
+    o.set_defaults(func=_cmd_optembed)
+
+    sw = sub.add_parser("sweep", help="Optuna sweep over table methods and knobs (run it in several workers)")
+    sw.add_argument("--config", required=True, help="sweep YAML (experiment/methods/space/exclude/study)")
+    sw.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a value, e.g. --set study.mode=budget --set experiment.train.epochs=2")
+    sw.add_argument("--n-trials", type=int, default=None, help="trials this worker runs at most")
+    sw.add_argument("--total-trials", type=int, default=None, help="study-wide cap over all workers")
+    sw.add_argument("--storage", default=None,
+                    help="SQLite file, journal file (*.log) or Optuna URL (default: WORKDIR/optuna.db)")
+    sw.add_argument("--study", default=None, help="study name (default: the config's study.name)")
+    sw.set_defaults(func=_cmd_sweep)
+
+    rp = sub.add_parser("report", help="Pareto front (AUC vs table bytes): CSV, JSON, Markdown, PNG")
+    rp.add_argument("source", help="a study storage (SQLite/journal file or URL) or a directory of result JSONs")
+    rp.add_argument("--study", default=None, help="study name (needed when the storage holds several)")
+    rp.add_argument("--out", default=None, help="output directory (default: beside the source)")
+    rp.add_argument("--metric", choices=["val", "test"], default="val", help="AUC the front is built on")
+    rp.set_defaults(func=_cmd_report)
+
+    bm = sub.add_parser("benchmark", help="the fixed grid: every method x budgets x seeds, table + plot (resumable)")
+    bm.add_argument("--config", default=None, help="benchmark YAML merged onto the default grid")
+    bm.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a value, e.g. --set seeds=[0,1] --set generate.rows=200000")
+    bm.add_argument("--out", default=None, help="output directory (default: the config's out, runs/benchmark)")
+    bm.add_argument("--dry-run", action="store_true", help="check and list the cells, train nothing")
+    bm.set_defaults(func=_cmd_benchmark)
     return p
 
 

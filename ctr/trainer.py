@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .metrics import _batch_parts, evaluate as _evaluate, is_better
-from .optim import EMBEDDING_OPTIMIZERS, OptimizerSet, build_optimizers
+from . import distributed as _dist
+from .metrics import _batch_parts, is_better
+from .optim import EMBEDDING_OPTIMIZERS, OptimizerSet
 
 logger = logging.getLogger("slimembed.ctr.trainer")
 
@@ -226,6 +227,8 @@ def jsonable(obj: Any) -> Any:
 
 
 def _clone_state(module: nn.Module) -> Dict[str, Tensor]:
+    if _dist.is_initialized():
+        return _dist.clone_state(module)  # sharded tables: local shards
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
@@ -289,6 +292,12 @@ class Trainer:
         regularizer: ``fn(model) -> scalar Tensor`` added to the BCE loss (e.g. OptEmbed's
             threshold term).
 
+    Distributed (under ``torchrun``, see :mod:`slimembed.ctr.distributed`): pass the model wrapped
+    by :func:`~slimembed.ctr.distributed.wrap_model` (DDP or torchrec DMP) and loaders sharded by
+    rank. Training steps run through the wrapper; ``self.model`` is the unwrapped module
+    (checkpoints, best weights); evaluation gathers every rank's predictions; only rank 0 writes
+    files. Without a process group nothing changes.
+
     Example::
 
         >>> trainer = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2))
@@ -313,12 +322,16 @@ class Trainer:
         self.config: TrainConfig = config
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
-        self.device = torch.device(config.device)
-        self.model = model.to(self.device)
+        self.device = _dist.resolve_device(config.device)
+        # train_model: what a training step calls (a DDP/DMP wrapper, or the model itself);
+        # model: the user's module (evaluation, checkpoints, best weights).
+        self.train_model = model if _dist.is_sharded(model) else model.to(self.device)
+        self.model = _dist.unwrap_model(self.train_model)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.optimizer: OptimizerSet = (
-            build_optimizers(self.model, config) if optimizers is None else _as_optimizer_set(optimizers)
+            _dist.build_optimizers(self.train_model, config) if optimizers is None
+            else _as_optimizer_set(optimizers)
         )
         self.regularizer = regularizer
         self.state = TrainState()
@@ -342,7 +355,7 @@ class Trainer:
         if hasattr(batch, "to"):
             batch = batch.to(self.device)
         dense, sparse, labels = _batch_parts(batch)
-        logits = self.model(dense, sparse)
+        logits = self.train_model(dense, sparse)
         loss = F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.reshape(-1).to(logits.dtype))
         if self.regularizer is not None:
             loss = loss + self.regularizer(self.model)
@@ -352,11 +365,15 @@ class Trainer:
         return loss.detach()
 
     def evaluate(self, loader: Optional[Iterable[Any]] = None, max_batches: Optional[int] = None) -> Dict[str, float]:
-        """``{"auc", "logloss", "num_samples"}`` of the current model over ``loader`` (default: val)."""
+        """``{"auc", "logloss", "num_samples"}`` of the current model over ``loader`` (default: val).
+
+        In a distributed run every rank must call it: the predictions of all ranks are gathered
+        and the metrics computed on all of them (the same values on every rank).
+        """
         loader = self.val_loader if loader is None else loader
         if loader is None:
             raise ValueError("no loader to evaluate: pass one or give the Trainer a val_loader")
-        return _evaluate(self.model, loader, device=self.device, max_batches=max_batches)
+        return _dist.evaluate(self.model, loader, device=self.device, max_batches=max_batches)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Dict[str, Any]:
@@ -369,17 +386,24 @@ class Trainer:
                 loader_state = self.train_loader.state_dict()
             except Exception:  # torch DataLoader has none; others may refuse
                 loader_state = None
+        sharded = _dist.is_initialized() and _dist.is_sharded(self.model)
+        best_state = None if best_is_current or not self.config.restore_best else self.best_state
+        if sharded:  # collective: the full weights and per-rank fused-optimizer state go to rank 0
+            model_state = _dist.full_state_dict(self.model)
+            best_state = None if best_state is None else _dist.full_state_dict(self.model, best_state)
+        else:
+            model_state = self.model.state_dict()
         return {
             "version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": _dist.optimizer_state_for_checkpoint(self.optimizer),
             "rng": get_rng_state(),
             "train_state": dataclasses.asdict(st),
             "loader_epoch": st.epoch,
             "loader_state": loader_state,
             # The best weights, unless they are the current ones (saves a model copy).
             "best_is_current": best_is_current,
-            "best_state": None if best_is_current or not self.config.restore_best else self.best_state,
+            "best_state": best_state,
             "config": self.config.to_dict(),
         }
 
@@ -387,7 +411,9 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             return None
-        atomic_torch_save(self.checkpoint(), path)
+        ckpt = self.checkpoint()  # on every rank: collective for sharded models
+        if _dist.is_main_process():  # only rank 0 writes
+            atomic_torch_save(ckpt, path)
         return path
 
     def load_checkpoint(self, path: Optional[Union[str, Path]] = None) -> None:
@@ -396,11 +422,18 @@ class Trainer:
         if path is None:
             raise ValueError("no checkpoint path: set config.checkpoint_dir")
         # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if _dist.is_initialized():  # rank 0 reads, every rank gets it (no shared storage needed)
+            ckpt = _dist.broadcast_object(
+                torch.load(path, map_location="cpu", weights_only=False) if _dist.is_main_process() else None)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} != {CHECKPOINT_VERSION}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self._load_model_state(ckpt["model"])
+        if _dist.is_initialized():
+            _dist.load_optimizer_state(self.optimizer, ckpt["optimizer"])
+        else:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
         if ckpt["best_is_current"]:
             self.best_state = _clone_state(self.model)
@@ -410,9 +443,16 @@ class Trainer:
             self.train_loader.load_state_dict(ckpt["loader_state"])
         set_rng_state(ckpt["rng"])
 
+    def _load_model_state(self, state: Mapping[str, Any]) -> None:
+        if _dist.is_initialized() and _dist.is_sharded(self.model):
+            _dist.load_full_state_dict(self.model, state)  # each rank copies its shards
+        else:
+            self.model.load_state_dict(state)
+
     # ------------------------------------------------------------------ fit
     def _progress(self, total: Optional[int], initial: int, desc: str):
         enabled = self.config.progress if self.config.progress is not None else _is_tty()
+        enabled = enabled and _dist.is_main_process()
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
@@ -431,7 +471,10 @@ class Trainer:
         st = self.state
         st.last_eval_step = st.step
         self._flush_loss()
-        train_loss = st.window_loss / st.window_steps if st.window_steps else float("nan")
+        if _dist.is_initialized():  # the mean over every rank's steps: the global-batch loss
+            train_loss = _dist.reduce_mean(st.window_loss, st.window_steps)
+        else:
+            train_loss = st.window_loss / st.window_steps if st.window_steps else float("nan")
         st.window_loss, st.window_steps = 0.0, 0
         entry: Dict[str, Any] = {
             "epoch": st.epoch,  # completed epochs
@@ -480,13 +523,14 @@ class Trainer:
         cfg = self.config
         resume = cfg.resume if resume is None else resume
         path = self.checkpoint_path
-        if resume and path is not None and path.exists():
+        if resume and path is not None and _dist.broadcast_object(path.exists()):  # rank 0's view
             self.load_checkpoint(path)
             logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
         else:
             seed_everything(cfg.seed)
         st = self.state
-        self.model.train()
+        _dist.check_even_batches(self.train_loader)
+        self.train_model.train()
         length = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None  # type: ignore[arg-type]
 
         while not self._done():
@@ -543,7 +587,7 @@ class Trainer:
             self.save_checkpoint()
 
         if cfg.restore_best and self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+            self._load_model_state(self.best_state)
         return st.history
 
 
@@ -582,19 +626,25 @@ def train_and_evaluate(
     if test_loader is not None:
         metrics["test"] = trainer.evaluate(test_loader)
     wall = time.perf_counter() - t0
+    distributed = _dist.is_initialized()
+    if distributed:  # every rank's samples; the class and sizes of the unwrapped, unsharded model
+        samples = int(_dist.all_reduce_sum([st.samples])[0])
+        model_info = {"class": type(trainer.model).__name__, "num_parameters": _dist.num_parameters(model)}
+        memory = _dist.memory_record(model, trainer.optimizer)
+    else:
+        samples = st.samples
+        model_info = {"class": type(model).__name__, "num_parameters": sum(p.numel() for p in model.parameters())}
+        memory = memory_report(model, trainer.optimizer).to_dict()
     record = {
         "config": cfg.to_dict(),
-        "model": {
-            "class": type(model).__name__,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        },
+        "model": model_info,
         "metrics": metrics,
         "best": {"step": st.best_step, "epoch": st.best_epoch, "val_auc": st.best_auc},
-        "memory": memory_report(model, trainer.optimizer).to_dict(),
+        "memory": memory,
         "wall_time_s": wall,
         "train_time_s": st.train_time_s,
-        "samples_per_s": st.samples / st.train_time_s if st.train_time_s > 0 else None,
-        "train_samples": st.samples,
+        "samples_per_s": samples / st.train_time_s if st.train_time_s > 0 else None,
+        "train_samples": samples,
         "steps": st.step,
         "epochs_completed": st.epoch,
         "stopped_early": st.stopped_early,
@@ -607,11 +657,14 @@ def train_and_evaluate(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extra": dict(extra or {}),
     }
+    if distributed:
+        record["distributed"] = {"world_size": _dist.get_world_size(), "backend": str(_dist.dist.get_backend()),
+                                 **_dist.sharding_summary(model)}
     record = jsonable(record)
     out = output_path or cfg.output_path
     if out is None and cfg.checkpoint_dir is not None:
         out = Path(cfg.checkpoint_dir) / RESULT_NAME
-    if out is not None:
+    if out is not None and _dist.is_main_process():  # only rank 0 writes
         atomic_write_json(record, out)
         record["output_path"] = str(out)
     return record
