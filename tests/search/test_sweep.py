@@ -45,6 +45,8 @@ def config(data: str, workdir: Path, methods=("hash", "qr"), train=None, **study
                       "num_threads": 1, **(train or {})},
         },
         "methods": list(methods),
+        # these tiny tables are mostly fields of <= 200 values, which hash keeps whole by default
+        "space": {"hash": {"collisionless_max": 0}} if "hash" in methods else {},
         # a journal file by default here: SQLite's schema creation and per-write commits cost
         # seconds that the tiny trials do not (the default SQLite storage: the two-worker test)
         "study": {"name": "t", "workdir": str(workdir), "n_startup_trials": 3,
@@ -124,7 +126,8 @@ def test_multi_objective_study_records_everything(data, tmp_path):
     assert infeasible.number not in {t.number for t in study.best_trials}
     # a trained trial: the result record as user attrs (config, AUC, logloss, bytes, wall time)
     ua = hashed.user_attrs
-    assert ua["table"] == {"method": "hash", "compression": 4, "signed": ua["table"]["signed"]}
+    assert ua["table"] == {"method": "hash", "compression": 4, "signed": ua["table"]["signed"],
+                           "collisionless_max": 0}
     res = ua["result"]
     assert res["config"]["table"] == ua["table"] and res["config"]["model"]["name"] == "deepfm"
     assert hashed.values == [ua["val_auc"], ua["table_bytes"]]
@@ -172,7 +175,7 @@ def test_segmented_training_equals_one_run(data, tmp_path):
     """The pruning path (segments + resume) ends bit-identical to one uninterrupted run."""
     base = prepare(config(data, tmp_path / "w", train={"eval_every": 1}), log=quiet).experiment
     cfg = copy.deepcopy(base)
-    cfg["table"] = {"method": "hash", "compression": 5}
+    cfg["table"] = {"method": "hash", "compression": 5, "collisionless_max": 0}
     one = run_experiment(copy.deepcopy(cfg))
     seg_cfg = copy.deepcopy(cfg)
     seg_cfg["train"]["checkpoint_dir"] = str(tmp_path / "ck")
