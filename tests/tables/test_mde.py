@@ -151,22 +151,3 @@ def test_gradients_and_state_dict_round_trip():
     clone.load_state_dict(t.state_dict())
     assert torch.equal(clone(ids), t(ids))
 
-
-def test_table_trains_a_step_inside_torchrec_dlrm_dcn():
-    from torchrec.models.dlrm import DLRM_DCN
-
-    torch.manual_seed(0)
-    feats = [Feature(f"C{i}", n, 8) for i, n in enumerate([30, 5000, 700])]
-    table = make_table("mde", feats)
-    model = DLRM_DCN(embedding_bag_collection=table, dense_in_features=4, dense_arch_layer_sizes=[16, 8],
-                     over_arch_layer_sizes=[16, 1], dcn_num_layers=1, dcn_low_rank_dim=4)
-    b = 16
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=[f.name for f in feats], values=torch.cat([torch.randint(0, f.num_embeddings, (b,)) for f in feats]),
-        lengths=torch.ones(b * len(feats), dtype=torch.long))
-    opt = torch.optim.Adam(table.parameters(), lr=1e-2)
-    before = [p.detach().clone() for p in table.parameters()]
-    loss = model(torch.randn(b, 4), kjt).pow(2).mean()
-    loss.backward()
-    opt.step()
-    assert any(not torch.equal(a, p) for a, p in zip(before, table.parameters()))

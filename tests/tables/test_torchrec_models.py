@@ -1,5 +1,6 @@
 """A slimembed table inside torchrec's own DLRM_DCN trains a step."""
 
+import pytest
 import torch
 from torchrec.models.dlrm import DLRM_DCN
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -36,3 +37,22 @@ def test_full_table_in_torchrec_dlrm_dcn_trains_a_step():
     assert table.weight.grad is not None and table.weight.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(before, table.weight)
+
+
+@pytest.mark.parametrize("method", ["hash", "double_hash", "qr", "compositional", "robe", "tt", "dhe", "mde",
+                                    "multiplexed", "unified"])
+def test_every_method_trains_a_step_inside_torchrec_dlrm_dcn(method):
+    torch.manual_seed(0)
+    feats = [Feature(f"C{i}", n, 8) for i, n in enumerate([30, 5000, 700])]
+    table = make_table(method, feats)
+    model = DLRM_DCN(embedding_bag_collection=table, dense_in_features=4, dense_arch_layer_sizes=[16, 8],
+                     over_arch_layer_sizes=[16, 1], dcn_num_layers=1, dcn_low_rank_dim=4)
+    b = 16
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=[f.name for f in feats], values=torch.cat([torch.randint(0, f.num_embeddings, (b,)) for f in feats]),
+        lengths=torch.ones(b * len(feats), dtype=torch.long))
+    opt = torch.optim.Adam(table.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in table.parameters()]
+    model(torch.randn(b, 4), kjt).pow(2).mean().backward()
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, table.parameters()))
