@@ -271,7 +271,9 @@ def test_killed_worker_resumes_and_completes(data, tmp_path):
     re-queues it with the same parameters, resumes it from its checkpoint and completes the study."""
     n = 4
     storage = str(tmp_path / "w" / "journal.log")
-    cfg = config(data, tmp_path / "w", methods=["hash"], train={"eval_every": 1, "epochs": 4}, total_trials=n)
+    # enough steps per trial (and feasible trials) that a poll catches one mid-run on a fast machine
+    cfg = config(data, tmp_path / "w", methods=["hash"], train={"eval_every": 1, "epochs": 40}, total_trials=n,
+                 enqueue=[{"method": "hash", "compression": 2}, {"method": "hash", "compression": 3}])
     a = _worker(_write(cfg, tmp_path / "sweep.yaml"))
     victim = None
     deadline = time.time() + 120
