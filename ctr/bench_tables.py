@@ -38,10 +38,19 @@ def _zipf_ids(features: Sequence[Feature], batch: int, gen: torch.Generator) -> 
     return torch.stack(cols, 1)
 
 
-def _time_steps(step: Callable[[torch.Tensor], None], batches: List[Any]) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(step: Callable[[torch.Tensor], None], batches: List[Any],
+                device: torch.device = torch.device("cpu")) -> float:
+    # Kernels run asynchronously on an accelerator: wait for them before reading the clock.
+    _sync(device)
     t0 = time.perf_counter()
     for b in batches:
         step(b)
+    _sync(device)
     return time.perf_counter() - t0
 
 
@@ -73,36 +82,43 @@ def bench_tables(
     rounds: int = 5,
     threads: Optional[int] = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> List[Dict[str, Any]]:
-    """Measure samples/s of forward+backward for each method; returns one row per method."""
+    """Measure samples/s of forward+backward for each method; returns one row per method.
+
+    ``device``: where tables and id batches live (``"cuda"`` times GPU kernels, synchronising
+    before and after each timed block).
+    """
     if threads:
         torch.set_num_threads(threads)
+    dev = torch.device(device)
     features = criteo_features(scale, dim)
     names = [f.name for f in features]
     gen = torch.Generator().manual_seed(seed)
-    batches = [_zipf_ids(features, batch_size, gen) for _ in range(steps)]
+    batches = [_zipf_ids(features, batch_size, gen).to(dev) for _ in range(steps)]
     methods = [m for m in (methods or available_methods()) if m != "full"]
     candidates: Dict[str, Callable[[Any], None]] = {}
     inputs: Dict[str, List[Any]] = {}
     bytes_: Dict[str, int] = {}
     torch.manual_seed(seed)
-    full = make_table("full", features)
+    full = make_table("full", features).to(dev)
     candidates["full"], inputs["full"], bytes_["full"] = _table_step(full), batches, memory_report(full).table_bytes
     try:
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
         ebc = EmbeddingBagCollection(
             tables=[EmbeddingBagConfig(num_embeddings=f.num_embeddings, embedding_dim=dim, name=f"t_{f.name}",
-                                       feature_names=[f.name]) for f in features]
+                                       feature_names=[f.name]) for f in features],
+            device=dev,
         )
-        kjts = [_to_kjt(b, names) for b in batches]
+        kjts = [_to_kjt(b, names).to(dev) for b in batches]
         candidates["torchrec_ebc"], inputs["torchrec_ebc"] = _table_step(ebc), kjts
         bytes_["torchrec_ebc"] = sum(p.numel() * 4 for p in ebc.parameters())
     except Exception as e:  # pragma: no cover - reported, not hidden
         print(f"[bench] torchrec EmbeddingBagCollection unavailable: {e}")
     for m in methods:
         try:
-            t = make_table(m, features, compression=compression)
+            t = make_table(m, features, compression=compression).to(dev)
         except Exception as e:
             print(f"[bench] {m}: cannot build at {compression}x: {e}")
             continue
@@ -112,7 +128,7 @@ def bench_tables(
     times: Dict[str, List[float]] = {k: [] for k in candidates}
     for _ in range(rounds):
         for name, step in candidates.items():
-            times[name].append(_time_steps(step, inputs[name]))
+            times[name].append(_time_steps(step, inputs[name], dev))
     rows = []
     full_rate = batch_size * steps / statistics.median(times["full"])
     for name in candidates:
@@ -134,10 +150,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--device", default="cpu", help="torch device for tables and batches (e.g. cuda)")
     a = p.parse_args(argv)
-    rows = bench_tables(a.methods, a.batch_size, a.dim, a.scale, a.compression, a.steps, a.rounds, a.threads)
+    rows = bench_tables(a.methods, a.batch_size, a.dim, a.scale, a.compression, a.steps, a.rounds, a.threads,
+                        device=a.device)
+    where = torch.cuda.get_device_name(torch.device(a.device)) if a.device.startswith("cuda") else "cpu"
     print(f"forward+backward, batch {a.batch_size}, 26 fields, dim {a.dim}, compression {a.compression}x, "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}, device {a.device} ({where})")
     print("| table | samples/s | vs full | table bytes | compression |")
     print("|---|---|---|---|---|")
     for r in rows:

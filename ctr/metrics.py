@@ -138,6 +138,25 @@ class StreamingEvaluator:
         }
 
 
+def batch_to_device(batch: Any, device: Union[str, torch.device, None]) -> Any:
+    """``batch`` on ``device``: a :class:`~slimembed.datasets.Batch` (or anything with ``.to``)
+    through its ``to``; a ``(dense, sparse, labels)`` tuple part by part (``None`` parts stay).
+    Host-to-CUDA copies are non-blocking (a blocking one syncs the stream every batch)."""
+    if device is None:
+        return batch
+    device = torch.device(device)
+    nb = device.type == "cuda"
+    if hasattr(batch, "to"):
+        try:
+            return batch.to(device, non_blocking=nb)
+        except TypeError:  # a user type whose to() takes only a device
+            return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        parts = [t.to(device, non_blocking=nb) if hasattr(t, "to") else t for t in batch]
+        return type(batch)(*parts) if hasattr(batch, "_fields") else type(batch)(parts)
+    return batch
+
+
 def _batch_parts(batch: Any):
     """``(dense, sparse, labels)`` from a :class:`~slimembed.datasets.Batch` or a 3-tuple."""
     if hasattr(batch, "labels"):
@@ -165,8 +184,7 @@ def evaluate(
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            if device is not None and hasattr(batch, "to"):
-                batch = batch.to(device)
+            batch = batch_to_device(batch, device)
             dense, sparse, labels = _batch_parts(batch)
             ev.update(model(dense, sparse), labels)
     finally:
@@ -181,4 +199,4 @@ def is_better(new: float, best: Optional[float], min_delta: float = 0.0) -> bool
     return best is None or math.isnan(best) or new > best + min_delta
 
 
-__all__ = ["auc", "logloss", "StreamingEvaluator", "evaluate", "is_better"]
+__all__ = ["auc", "logloss", "StreamingEvaluator", "evaluate", "is_better", "batch_to_device"]

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as _dist
-from .metrics import _batch_parts, is_better
+from .metrics import _batch_parts, batch_to_device, is_better
 from .optim import EMBEDDING_OPTIMIZERS, OptimizerSet
 
 logger = logging.getLogger("slimembed.ctr.trainer")
@@ -336,8 +336,15 @@ class Trainer:
         self.regularizer = regularizer
         self.state = TrainState()
         self.best_state: Optional[Dict[str, Tensor]] = None
-        self._loss_acc = torch.zeros((), dtype=torch.float64)
+        self._loss_acc = self._new_loss_acc()
         self._loss_n = 0
+
+    def _new_loss_acc(self) -> Tensor:
+        """The per-step loss sum, on the training device: adding a CUDA loss to a CPU
+        accumulator would fail (or sync every step); it is read back only every ``log_every``
+        steps. MPS has no float64."""
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        return torch.zeros((), dtype=dtype, device=self.device)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -352,8 +359,7 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: Any) -> Tensor:
         """One optimizer step on ``batch``; returns the (detached) loss."""
-        if hasattr(batch, "to"):
-            batch = batch.to(self.device)
+        batch = batch_to_device(batch, self.device)  # tuples too; host-to-CUDA non-blocking
         dense, sparse, labels = _batch_parts(batch)
         logits = self.train_model(dense, sparse)
         loss = F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.reshape(-1).to(logits.dtype))
@@ -544,7 +550,7 @@ class Trainer:
                         f"loader yields only {i} batches: was it built with other data or batch size?"
                     )
             bar = self._progress(length, st.batch_in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
-            self._loss_acc = torch.zeros((), dtype=torch.float64)
+            self._loss_acc = self._new_loss_acc()
             self._loss_n = 0
             broke = False
             t0 = time.perf_counter()
@@ -554,7 +560,7 @@ class Trainer:
                     st.step += 1
                     st.batch_in_epoch += 1
                     st.samples += int(_batch_parts(batch)[2].shape[0])
-                    self._loss_acc += loss.double()
+                    self._loss_acc += loss.to(self._loss_acc.device, self._loss_acc.dtype)
                     self._loss_n += 1
                     bar.update(1)
                     if st.step % cfg.log_every == 0:

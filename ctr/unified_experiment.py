@@ -33,11 +33,33 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 METHODS = ("full", "hash", "multiplexed", "unified")
 MODELS = ("dcnv2", "deepfm")
 COMPRESSIONS = (10.0, 50.0, 250.0)
+
+
+def parse_arm(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """``"unified[chunks=4,output=pad]"`` -> ``("unified", {"chunks": 4, "output": "pad"})``.
+
+    An arm is a registered method, optionally with table knobs in brackets (values parsed as
+    YAML scalars), so a variant runs beside the defaults under its own name.
+    """
+    import yaml
+
+    if "[" not in spec:
+        return spec, {}
+    if not spec.endswith("]"):
+        raise ValueError(f"arm {spec!r}: expected METHOD[key=value,...]")
+    method, body = spec[:-1].split("[", 1)
+    knobs: Dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        if "=" not in item:
+            raise ValueError(f"arm {spec!r}: {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        knobs[k.strip()] = yaml.safe_load(v)
+    return method, knobs
 
 
 def budget_tag(compression: Optional[float]) -> str:
@@ -45,7 +67,8 @@ def budget_tag(compression: Optional[float]) -> str:
 
 
 def run_name(model: str, method: str, compression: Optional[float], seed: int) -> str:
-    return f"{model}/{method}_{budget_tag(compression)}_s{seed}"
+    safe = method.replace("[", "-").replace("]", "").replace("=", "").replace(",", "-")
+    return f"{model}/{safe}_{budget_tag(compression)}_s{seed}"
 
 
 def ensure_data(out: Path, rows: int, scale: float, data_seed: int) -> Path:
@@ -76,7 +99,8 @@ def grid(models: Sequence[str], methods: Sequence[str], compressions: Sequence[f
 def experiment_config(run: Dict[str, Any], data: Path, out: Path, args: argparse.Namespace) -> Dict[str, Any]:
     from slimembed.ctr.experiment import DEFAULTS, deep_merge, validate_config
 
-    table: Dict[str, Any] = {"method": run["method"]}
+    method, knobs = parse_arm(run["method"])
+    table: Dict[str, Any] = {"method": method, **knobs}
     if run["compression"] is not None:
         table["compression"] = float(run["compression"])
     cfg = {
@@ -86,7 +110,7 @@ def experiment_config(run: Dict[str, Any], data: Path, out: Path, args: argparse
         "train": {"epochs": args.epochs, "lr": args.lr, "seed": int(run["seed"]),
                   "embedding_optimizer": args.embedding_optimizer,
                   "early_stop_patience": 1, "num_threads": args.threads, "progress": False,
-                  "log_every": 10**9},
+                  "log_every": 10**9, "device": args.device},
         "output": str(out / "runs" / f"{run_name(**run)}.json"),
     }
     return validate_config(deep_merge(DEFAULTS, cfg))
@@ -97,7 +121,7 @@ def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = ensure_data(out, args.rows, args.scale, args.data_seed)
+    data = Path(args.data) if args.data else ensure_data(out, args.rows, args.scale, args.data_seed)
     runs = grid(args.models, args.methods, args.compressions, args.seeds)
     done = 0
     for i, run in enumerate(runs):
@@ -128,7 +152,7 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None) -> str
         key = (run["model"], run["method"], run["compression"])
         groups.setdefault(key, []).append(rec)
     order = {m: i for i, m in enumerate(METHODS)}
-    keys = sorted(groups, key=lambda k: (k[0], -1 if k[2] is None else k[2], order.get(k[1], 99)))
+    keys = sorted(groups, key=lambda k: (k[0], -1 if k[2] is None else k[2], order.get(k[1], 99), k[1]))
     lines = ["| model | budget | method | test AUC (mean ± std) | table bytes | compression | seeds |",
              "|---|---|---|---|---|---|---|"]
     rows_json = []
@@ -157,7 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--scale", type=float, default=0.02, help="synthetic cardinality scale")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help="arms: registered methods, optionally with table knobs, e.g. 'unified[chunks=4]'")
     p.add_argument("--compressions", nargs="+", type=float, default=list(COMPRESSIONS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--dim", type=int, default=16)
@@ -168,7 +193,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="adam | sparse_adam | rowwise_adagrad | adagrad (the same for every arm)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary-only", action="store_true", help="only summarise finished runs")
+    p.add_argument("--device", default="cpu", help="torch device (e.g. cuda)")
+    p.add_argument("--data", default=None,
+                   help="an existing processed dataset directory instead of generating one under --out")
     args = p.parse_args(argv)
+    for arm in args.methods:
+        parse_arm(arm)  # fail before any training on a malformed arm
     if not args.summary_only:
         run_grid(args)
     print(summarize(Path(args.out)))

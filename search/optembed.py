@@ -565,6 +565,13 @@ class OptEmbedPipeline:
         return make_model(self.model_name, self.features, self.dataset.schema.num_dense,
                           table_factory=factory, **self.model_kwargs)
 
+    @property
+    def device(self) -> torch.device:
+        """The training config's device (the search and the export run there too)."""
+        from slimembed.ctr.distributed import resolve_device
+
+        return resolve_device(self.train_cfg.device)
+
     def loaders(self, seed: Optional[int] = None):
         from slimembed.datasets import make_loader
 
@@ -647,7 +654,8 @@ class OptEmbedPipeline:
         d = self.stage_dir("search")
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        model = self.supernet_model().eval()
+        dev = self.device
+        model = self.supernet_model().to(dev).eval()
         table = _single_table(model)
         row_keep = table.freeze_rows()
         kept = table.kept_rows()
@@ -667,7 +675,7 @@ class OptEmbedPipeline:
         if not table.searches_dims:
             dims = [table.dim] * table.num_features  # OptEmbed-E: rows only
             table.set_dims(None)
-            best_fit = evaluate(model, val, max_batches=max_b)["auc"]
+            best_fit = evaluate(model, val, device=dev, max_batches=max_b)["auc"]
             if budget is not None and not feasible(torch.tensor(dims)):
                 raise ValueError(f"optembed-e: the pruned table needs {compact_bytes(feats, dims, kept)} bytes, "
                                  f"over budget_bytes={budget} (the rows-only variant cannot search dims)")
@@ -678,7 +686,7 @@ class OptEmbedPipeline:
 
             def fitness(c: Tensor) -> float:
                 table.set_dims(c.tolist())
-                return evaluate(model, val, max_batches=max_b)["auc"]
+                return evaluate(model, val, device=dev, max_batches=max_b)["auc"]
 
             seed = self.seed if self.oe.search_seed is None else self.oe.search_seed
             es = EvolutionSearch(fitness, table.num_features, table.dim, mutation_num=self.oe.mutation_num,
@@ -709,7 +717,7 @@ class OptEmbedPipeline:
         search_time = time.perf_counter() - t0
         if prior is not None:
             search_time += float(prior.get("elapsed_s", 0.0))
-        atomic_torch_save({"row_keep": row_keep, "dims": dims}, d / "masks.pt")
+        atomic_torch_save({"row_keep": row_keep.cpu(), "dims": dims}, d / "masks.pt")
         stats = self._table_stats(table)
         result = {
             "stage": "search",
@@ -778,8 +786,9 @@ class OptEmbedPipeline:
 
         d = self.stage_dir("export")
         d.mkdir(parents=True, exist_ok=True)
-        model = self.masked_model("retrain").eval()
-        exported = export_optembed(model, pad=self.oe.pad)
+        dev = self.device
+        model = self.masked_model("retrain").to(dev).eval()
+        exported = export_optembed(model, pad=self.oe.pad).to(dev)
         compact = [m for m in exported.modules() if isinstance(m, CompactOptEmbedTable)][0]
         _, val, test = self.loaders()
         max_diff = 0.0
@@ -787,12 +796,12 @@ class OptEmbedPipeline:
             for i, batch in enumerate(val):
                 if i >= 2:
                     break
-                dense, sparse, _ = _batch_parts(batch)
+                dense, sparse, _ = _batch_parts(batch.to(dev))
                 max_diff = max(max_diff, float((model(dense, sparse) - exported(dense, sparse)).abs().max()))
-        metrics = evaluate(exported, test)
+        metrics = evaluate(exported, test, device=dev)
         rep = memory_report(compact)
         full_table = rep.full_bytes  # the uncompressed fp32 table, same features and D
-        atomic_torch_save({"model": exported.state_dict(), "table_config": compact.config(),
+        atomic_torch_save({"model": exported.cpu().state_dict(), "table_config": compact.config(),
                            "model_name": self.model_name, "model_kwargs": self.model_kwargs,
                            "embedding_dim": self.dim}, d / "model.pt")
         result = {

@@ -62,7 +62,7 @@ def model_config(args: argparse.Namespace, model: str) -> Dict[str, Any]:
 def train_config(args: argparse.Namespace, model: str, seed: int) -> Dict[str, Any]:
     return {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": seed,
             "early_stop_patience": 1, "num_threads": args.threads, "progress": args.progress,
-            "max_eval_batches": None}
+            "max_eval_batches": None, "device": args.device}
 
 
 def data_config(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
@@ -99,6 +99,7 @@ def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str
         "kept_rows": sum(f.num_embeddings for f in features), "rows": sum(f.num_embeddings for f in features),
         "exported_bytes": table_bytes, "full_bytes": net.embedding.full_bytes(),
         "search_time_s": 0.0, "total_time_s": time.perf_counter() - t0, "epochs": rec["epochs_completed"],
+        "device": args.device,
     }
     from slimembed.ctr.trainer import atomic_write_json
 
@@ -134,7 +135,7 @@ def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model:
         "search_time_s": summary["search_time_s"],
         "total_time_s": summary["supernet_time_s"] + summary["search_time_s"] + summary["retrain_time_s"],
         "this_process_s": time.perf_counter() - t0,
-        "dims": summary["dims"],
+        "dims": summary["dims"], "device": args.device,
     }
     from slimembed.ctr.trainer import atomic_write_json
 
@@ -197,14 +198,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-from", choices=["rewind", "supernet"], default="rewind")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--progress", action="store_true", help="tqdm bars")
+    p.add_argument("--summary-only", action="store_true",
+                   help="only tabulate the finished runs under OUT/runs (e.g. after parallel workers)")
+    p.add_argument("--device", default="cpu", help="torch device for training, search and export (e.g. cuda)")
+    p.add_argument("--data", default=None,
+                   help="an existing processed dataset directory to use instead of generating OUT/data")
     return p
+
+
+def finished_rows(out: Path) -> List[Dict[str, Any]]:
+    """Every finished run under ``OUT/runs/MODEL/METHOD/seedS`` (in model, method, seed order)."""
+    rows = []
+    for model_dir in sorted(p for p in (out / "runs").glob("*") if p.is_dir()):
+        for method in METHODS:
+            for seed_dir in sorted((model_dir / method).glob("seed*"), key=lambda p: int(p.name[4:])):
+                done = seed_dir / ("result.json" if method == "full" else "row.json")
+                if done.exists():
+                    rows.append(json.loads(done.read_text()))
+    return rows
+
+
+def write_summary(out: Path, rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
+    from slimembed.ctr.trainer import atomic_write_json
+
+    table = markdown_table(rows)
+    atomic_write_json({"args": vars(args), "rows": rows}, out / "results.json")
+    (out / "results.md").write_text(table + "\n")
+    return table
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = ensure_data(out / "data", args.rows, seed=0, scale=args.scale)
+    if args.summary_only:
+        print(write_summary(out, finished_rows(out), args))
+        return 0
+    if args.data:
+        from slimembed.datasets import load_processed
+
+        data_dir = Path(args.data)
+        meta = load_processed(str(data_dir)).schema.meta
+    else:
+        data_dir = out / "data"
+        meta = ensure_data(data_dir, args.rows, seed=0, scale=args.scale)
     gen = meta.get("generator") or {}
     if "teacher_auc" in gen:
         print(f"[exp] teacher AUC (the best achievable on this data): {gen['teacher_auc']:.4f}", flush=True)
@@ -217,18 +254,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 print(f"[exp] {model} / {method} / seed {seed}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
                 if method == "full":
-                    row = run_full(args, out / "data", run_dir, model, seed)
+                    row = run_full(args, data_dir, run_dir, model, seed)
                 else:
-                    row = run_optembed(args, out / "data", run_dir, model, method, seed)
+                    row = run_optembed(args, data_dir, run_dir, model, method, seed)
                 print(f"[exp]   test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, "
                       f"kept rows {row['kept_rows']:,}/{row['rows']:,}, exported {row['exported_bytes']:,} bytes",
                       flush=True)
                 rows.append(row)
-    table = markdown_table(rows)
-    from slimembed.ctr.trainer import atomic_write_json
-
-    atomic_write_json({"args": vars(args), "rows": rows}, out / "results.json")
-    (out / "results.md").write_text(table + "\n")
+    table = write_summary(out, rows, args)
     print()
     print(table)
     return 0

@@ -37,6 +37,26 @@ except Exception:  # pragma: no cover - exercised only without torchrec
 DEFAULT_INIT_SCALE = 0.05  # DESIGN §3: uniform ±0.05 trains far better under Adam than N(0, 1)
 
 
+def device_constant(module: nn.Module, key: str, device: torch.device, values: Sequence[int]) -> Tensor:
+    """A constant int64 index tensor of ``values`` on ``device``, built once per device and cached.
+
+    For small fixed index lists a lookup needs on the inputs' device (e.g. the columns of a field
+    group): indexing with a Python list, or ``nonzero()`` of a mask buffer, would copy host to
+    device (or sync the device) every batch. Not a buffer on purpose: memory accounting (and so
+    every budget solve) stays what it was; the cache is a few int64 per device.
+    """
+    cache = module.__dict__.get("_device_constants")
+    if cache is None:
+        cache = {}
+        module.__dict__["_device_constants"] = cache
+    k = (key, str(device))
+    t = cache.get(k)
+    if t is None:
+        t = torch.tensor(list(values), dtype=torch.long, device=device)
+        cache[k] = t
+    return t
+
+
 class EmbeddingTable(EmbeddingBagCollectionInterface):
     """Base of every slimembed table: a collection of features with one ``forward``.
 

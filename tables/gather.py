@@ -105,7 +105,12 @@ class _GatherCombine(torch.autograd.Function):
         keep = None
         if coef is not None:
             if mode == "mult":
-                if coef.dim() == 2 and idx.dim() == 3 and coef.shape[0] == idx.shape[1]:
+                if (coef.dim() == 2 and idx.dim() == 3 and coef.shape[0] == idx.shape[1]
+                        and coef.device.type != "cpu"):
+                    # accelerators: the [F, 1] mask broadcasts over [B, F, w] (nonzero() of the
+                    # CPU path below would sync the device on every batch)
+                    keep = [("mask", (coef[:, j] == 0).unsqueeze(-1)) for j in range(k)]
+                elif coef.dim() == 2 and idx.dim() == 3 and coef.shape[0] == idx.shape[1]:
                     # a dense [B, F] batch with a per-field mask [F, k]: fill only the skipped
                     # fields' columns (index_fill_ along F) instead of a broadcast mask over all
                     keep = [("cols", (coef[:, j] == 0).nonzero().squeeze(1)) for j in range(k)]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
 from .budget import budget_error
 from .feature import Feature, check_features
 from .registry import register
@@ -302,7 +302,11 @@ class MDETable(EmbeddingTable):
         # Columns are fields: per dim group one gather [B, G, d] and one bmm with [G, d, D].
         cols: List[Optional[Tensor]] = [None] * self.num_features
         for g, fields in enumerate(self.group_fields):
-            rows = F.embedding(ids[:, fields] + self._row_offset[fields], self.weights[g], sparse=self.sparse)
+            # the group's columns as a cached device tensor (a Python list index would copy host
+            # to device on every batch)
+            cols_g = device_constant(self, f"group{g}", ids.device, fields)
+            gid = ids.index_select(1, cols_g) + self._row_offset.index_select(0, cols_g)
+            rows = F.embedding(gid, self.weights[g], sparse=self.sparse)
             pi = self._proj_index[g]
             if pi >= 0:
                 rows = torch.bmm(rows.transpose(0, 1), self.projections[pi]).transpose(0, 1)  # [B, G, D]

@@ -181,6 +181,10 @@ class OptEmbedTable(EmbeddingTable):
         self.register_buffer("field_dims", torch.full((len(rows),), self.dim, dtype=torch.long))
         self.register_buffer("rows_frozen", torch.tensor(False))
         self.register_buffer("dims_fixed", torch.tensor(False))
+        # Host mirrors of the two 0-d flags: reading a CUDA buffer with bool() syncs the device,
+        # and every lookup asks. Kept in step by freeze/unfreeze/set_dims; None after
+        # load_state_dict (re-read from the loaded buffers once).
+        self._flags: Optional[tuple] = (False, False)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -230,13 +234,24 @@ class OptEmbedTable(EmbeddingTable):
         )
 
     # ------------------------------------------------------------------ masks
+    def _host_flags(self) -> tuple:
+        flags = getattr(self, "_flags", None)
+        if flags is None:
+            flags = (bool(self.rows_frozen), bool(self.dims_fixed))
+            self._flags = flags
+        return flags
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._flags = None  # the buffers may have changed: re-read them on the next lookup
+
     @property
     def is_rows_frozen(self) -> bool:
-        return bool(self.rows_frozen)
+        return self._host_flags()[0]
 
     @property
     def is_dims_fixed(self) -> bool:
-        return bool(self.dims_fixed)
+        return self._host_flags()[1]
 
     def field_of_rows(self) -> Tensor:
         """``LongTensor[sum N_f]``: the field of every row of the fused weight."""
@@ -284,6 +299,7 @@ class OptEmbedTable(EmbeddingTable):
             raise ValueError("variant 'optembed-d' prunes no rows; row_keep must be all True")
         self.row_keep.copy_(keep)
         self.rows_frozen.fill_(True)
+        self._flags = None
         if self.threshold is not None:
             self.threshold.requires_grad_(False)
         return self.row_keep.clone()
@@ -293,6 +309,7 @@ class OptEmbedTable(EmbeddingTable):
         """Back to the supernet: the row mask follows the (trainable) thresholds again."""
         self.row_keep.fill_(True)
         self.rows_frozen.fill_(False)
+        self._flags = None
         if self.threshold is not None:
             self.threshold.requires_grad_(True)
 
@@ -302,6 +319,7 @@ class OptEmbedTable(EmbeddingTable):
         if dims is None:
             self.field_dims.fill_(self.dim)
             self.dims_fixed.fill_(False)
+            self._flags = None
             return
         d = torch.as_tensor(dims, dtype=torch.long).reshape(-1)
         if d.numel() != self.num_features:
@@ -312,6 +330,7 @@ class OptEmbedTable(EmbeddingTable):
             raise ValueError("variant 'optembed-e' searches no dims; every dim must be D")
         self.field_dims.copy_(d.to(self.field_dims.device))
         self.dims_fixed.fill_(True)
+        self._flags = None
 
     def regularization(self) -> Tensor:
         """``alpha * sum_f exp(-t_f)`` while the thresholds train; 0 otherwise (a scalar)."""

@@ -96,6 +96,9 @@ class QuantizedTable(EmbeddingTable):
             w2 = weight
         for name, t in quantize_rows(w2, dtype).items():
             self.register_buffer(name, t.to(weight.device))
+        # the base class built _id_limits on the CPU: follow the source's device (a CUDA table's
+        # export would otherwise compare CUDA ids with CPU limits in check_ids)
+        self.to(weight.device)
 
     @staticmethod
     def _kind(source: EmbeddingTable) -> str:

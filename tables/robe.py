@@ -131,7 +131,10 @@ class RobeTable(EmbeddingTable):
         if self.size < 2**31:
             start = start.to(torch.int32)  # halves the traffic of the [..., D] index math
         pos = start.unsqueeze(-1) + self.arange_block.to(start.dtype)  # [..., Z, b]
-        if self.block_size > 1:
+        if self.block_size > 1 and pos.device.type != "cpu":
+            # accelerators: one elementwise pass (nonzero() below would sync the device per batch)
+            pos = torch.remainder(pos, self.size)
+        elif self.block_size > 1:
             # only blocks that start in the last b-1 slots wrap: fix that (rare) subset in place
             wrap = (start > self.size - self.block_size).reshape(-1).nonzero().squeeze(1)
             if wrap.numel():

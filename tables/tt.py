@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
 from .budget import solve_knob
 from .feature import Feature, check_features
 from .full import FullTable
@@ -390,12 +390,13 @@ class TTTable(EmbeddingTable):
         cols: List[Optional[Tensor]] = [None] * nf
         if self.full is not None:
             ff = self.plan.full_fields
-            rows = self.full.forward_dense(ids[:, ff])  # [B, F_full, d]
+            cols_f = device_constant(self, "full", ids.device, ff)  # no per-batch host copy
+            rows = self.full.forward_dense(ids.index_select(1, cols_f))  # [B, F_full, d]
             for j, i in enumerate(ff):
                 cols[i] = rows[:, j]
         for g, fields in enumerate(self.group_fields):
             k = len(fields)
-            gid = ids[:, fields].reshape(-1)  # [B*k], slot-minor
+            gid = ids.index_select(1, device_constant(self, f"group{g}", ids.device, fields)).reshape(-1)  # [B*k], slot-minor
             slots = torch.arange(k, device=ids.device).repeat(b)
             rows = self._tt_rows(g, gid, slots).view(b, k, self.dim)
             for s, i in enumerate(fields):

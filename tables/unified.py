@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, HAVE_TORCHREC, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, HAVE_TORCHREC, EmbeddingTable, TableEmbeddingBag, device_constant
 from .budget import module_bytes, solve_knob
 from .feature import Feature, check_features
 from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_feature, unsupported_bag_args
@@ -181,6 +181,11 @@ class SharedRowRemap(nn.Module):
         self.register_buffer("global_base", torch.tensor(global_base, dtype=torch.long), persistent=False)
         self.register_buffer("valid", torch.tensor(valid, dtype=torch.bool), persistent=False)
         self.register_buffer("direct_limit", torch.tensor(limits, dtype=torch.long), persistent=False)
+        # the used cells of the [F, c_max] grid, feature-major, and their field (host lists; the
+        # device copies are cached per device, not buffers, so memory accounting is unchanged):
+        # a lookup then needs no nonzero(), which syncs a CUDA device every batch
+        self._valid_flat_list = [t * cmax + j for t in range(nf) for j in range(self.chunks[t])]
+        self._valid_field_list = [f // cmax for f in self._valid_flat_list]
         self.all_valid = all(all(v) for v in valid)
         self.any_private = any(self.private)
 
@@ -214,7 +219,7 @@ class SharedRowRemap(nn.Module):
         if self.all_valid:
             return self(ids, None, kind).reshape(ids.shape[0], -1)
         flat = self.valid_flat  # [S] positions in the [F, c_max] grid
-        field = torch.div(flat, self.c_max, rounding_mode="floor")
+        field = device_constant(self, "valid_field", self.valid.device, self._valid_field_list)
         coef = self.hashes.coef.reshape(-1, 2).index_select(0, flat)
         x = ids.index_select(1, field)  # [B, S]
         r = universal_hash(x, coef[:, 0], coef[:, 1], self.modulus.reshape(-1).index_select(0, flat))
@@ -226,7 +231,7 @@ class SharedRowRemap(nn.Module):
     @property
     def valid_flat(self) -> Tensor:
         """``LongTensor[S]``: the used ``(t, j)`` cells of the ``[F, c_max]`` grid, feature-major."""
-        return self.valid.reshape(-1).nonzero().squeeze(1)
+        return device_constant(self, "valid_flat", self.valid.device, self._valid_flat_list)
 
     def slot_mask(self, fields: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
         """``[F, c_max]`` (or ``[N, c_max]``) 1/0 factor dropping slots ``j >= c_t``; None if all used."""

@@ -34,3 +34,12 @@ def test_replace_embeddingbag():
     assert "nn.EmbeddingBag:" in out and "QREmbeddingBag:" in out
     ratio = float(out.rsplit("holds the model in ", 1)[1].split("x")[0])
     assert ratio > 5
+
+
+def test_device_parity_smoke():
+    # On a CPU-only machine this compares the CPU with itself: it checks the script runs for
+    # every method (the real check is `--device cuda` on a GPU machine).
+    out = run_example("device_parity.py", "--device", "cpu", "--batch-size", "256")
+    assert "parity: 0 failure(s)" in out
+    for method in ("full", "hash", "qr", "robe", "tt", "dhe", "unified", "optembed"):
+        assert f"| {method} | forward |" in out

@@ -350,3 +350,14 @@ def test_experiment_command_tiny_and_resumable(tmp_path, capsys):
     assert exp.main(argv) == 0
     assert json.loads((tmp_path / "exp" / "results.json").read_text())["rows"] == rows
     assert "stage 1/4" not in capsys.readouterr().out
+    # --summary-only tabulates what parallel workers left under OUT/runs, in model/method/seed order
+    assert exp.main(["--out", str(tmp_path / "exp"), "--summary-only"]) == 0
+    assert json.loads((tmp_path / "exp" / "results.json").read_text())["rows"] == rows
+    # --data reuses a processed dataset instead of generating OUT/data
+    argv2 = ["--out", str(tmp_path / "exp2"), "--data", str(tmp_path / "exp" / "data"), "--models", "deepfm",
+             "--methods", "full", "--seeds", "1", "--dim", "4", "--hidden", "8", "--epochs", "1",
+             "--batch-size", "500"]
+    assert exp.main(argv2) == 0
+    assert not (tmp_path / "exp2" / "data").exists()
+    (row,) = json.loads((tmp_path / "exp2" / "results.json").read_text())["rows"]
+    assert row["seed"] == 1 and row["device"] == "cpu"

@@ -1,0 +1,35 @@
+"""The Unified Embedding grid command: arms with knobs, resumable runs, summaries."""
+
+import json
+
+import pytest
+
+from slimembed.ctr import unified_experiment as ue
+
+
+def test_parse_arm():
+    assert ue.parse_arm("hash") == ("hash", {})
+    assert ue.parse_arm("unified[chunks=4, output=pad]") == ("unified", {"chunks": 4, "output": "pad"})
+    for bad in ("unified[chunks=4", "unified[chunks]"):
+        with pytest.raises(ValueError, match="arm"):
+            ue.parse_arm(bad)
+    # file names stay plain, and differ per arm
+    assert ue.run_name("deepfm", "unified[chunks=4]", 10.0, 0) == "deepfm/unified-chunks4_10x_s0"
+    assert ue.run_name("deepfm", "unified", None, 1) == "deepfm/unified_full_s1"
+
+
+def test_tiny_grid_with_an_arm_resumes(tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "ue"), "--rows", "3000", "--scale", "0.0005", "--models", "deepfm",
+            "--methods", "hash", "unified[chunks=2]", "--compressions", "10", "--seeds", "0", "--dim", "4",
+            "--batch-size", "500", "--threads", "1"]
+    assert ue.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| deepfm | 10x | hash |" in out and "| deepfm | 10x | unified[chunks=2] |" in out
+    rec = json.loads((tmp_path / "ue" / "runs" / "deepfm" / "unified-chunks2_10x_s0.json").read_text())
+    assert rec["extra"]["experiment"]["table"] == {"method": "unified", "chunks": 2, "compression": 10.0}
+    assert rec["config"]["device"] == "cpu"
+    # a rerun trains nothing
+    assert ue.main(argv) == 0
+    assert "2 finished runs skipped" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="arm"):
+        ue.main(["--out", str(tmp_path / "ue"), "--methods", "unified[chunks", "--summary-only"])
