@@ -31,9 +31,37 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 METHODS = ("full", "optembed-e", "optembed-d", "optembed")
+# Baselines trained under the same protocol at a byte budget (``hash@10x``): the field table
+# compressed by the method, the first-order table full, as in the OptEmbed models.
+BUDGET_BASELINES = ("hash", "double_hash", "qr", "compositional", "robe", "multiplexed", "unified")
+
+
+def parse_method(spec: str) -> Tuple[str, Optional[float]]:
+    """``"optembed@10x"`` -> ``("optembed", 10.0)``; ``"full"`` -> ``("full", None)``.
+
+    The OptEmbed variants take the budget as their search's ``budget_bytes`` (full fp32 field
+    table / C); the baselines in :data:`BUDGET_BASELINES` need one and are built at it.
+    """
+    name, _, budget = spec.partition("@")
+    comp: Optional[float] = None
+    if budget:
+        try:
+            comp = float(budget[:-1] if budget.endswith("x") else budget)
+        except ValueError:
+            comp = -1.0
+        if not comp > 1.0:
+            raise ValueError(f"method {spec!r}: the budget after '@' must be a compression > 1 like '10x'")
+    if name == "full" and comp is not None:
+        raise ValueError(f"method {spec!r}: the full table has no budget")
+    if name in BUDGET_BASELINES and comp is None:
+        raise ValueError(f"method {spec!r}: a baseline needs a budget, e.g. '{name}@10x'")
+    if name not in METHODS and name not in BUDGET_BASELINES:
+        raise ValueError(f"method {spec!r}: expected one of {list(METHODS)} (optionally @Cx) or one of "
+                         f"{list(BUDGET_BASELINES)} with @Cx")
+    return name, comp
 MODELS = ("deepfm", "dcn")
 
 
@@ -69,8 +97,10 @@ def data_config(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
     return {"path": str(data_dir), "batch_size": args.batch_size, "eval_batch_size": 16384}
 
 
-def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, seed: int) -> Dict[str, Any]:
-    """The uncompressed baseline, resumable through the trainer's checkpoints."""
+def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, seed: int,
+             method: str = "full", compression: Optional[float] = None) -> Dict[str, Any]:
+    """The uncompressed baseline (or ``method`` at ``compression`` for the field table, the
+    first-order table full), resumable through the trainer's checkpoints."""
     from slimembed.ctr.models import make_model
     from slimembed.ctr.trainer import train_and_evaluate, seed_everything
     from slimembed.datasets import load_processed, make_loader
@@ -84,7 +114,12 @@ def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str
     name, dim = mcfg.pop("name"), mcfg.pop("embedding_dim")
     features = schema.features(dim)
     seed_everything(seed)
-    net = make_model(name, features, schema.num_dense, table_factory=lambda fs: make_table("full", fs), **mcfg)
+    def factory(fs):
+        if compression is None or all(f.embedding_dim == 1 for f in fs):
+            return make_table("full", fs)
+        return make_table(method, fs, compression=compression)
+
+    net = make_model(name, features, schema.num_dense, table_factory=factory, **mcfg)
     d = data_config(args, data_dir)
     train = make_loader(d["path"], "train", d["batch_size"], shuffle=True, seed=seed)
     val = make_loader(d["path"], "val", d["eval_batch_size"])
@@ -93,11 +128,12 @@ def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str
     t0 = time.perf_counter()
     rec = train_and_evaluate(net, train, val, test, config=tcfg, output_path=run_dir / "ckpt" / "record.json")
     table_bytes = memory_report(net.embedding).total_bytes
+    field_table = net.embedding
     row = {
-        "model": model, "method": "full", "seed": seed,
+        "model": model, "method": method if compression is None else f"{method}@{compression:g}x", "seed": seed,
         "test_auc": rec["metrics"]["test"]["auc"], "test_logloss": rec["metrics"]["test"]["logloss"],
         "kept_rows": sum(f.num_embeddings for f in features), "rows": sum(f.num_embeddings for f in features),
-        "exported_bytes": table_bytes, "full_bytes": net.embedding.full_bytes(),
+        "exported_bytes": table_bytes, "full_bytes": field_table.full_bytes(),
         "search_time_s": 0.0, "total_time_s": time.perf_counter() - t0, "epochs": rec["epochs_completed"],
         "device": args.device,
     }
@@ -108,7 +144,7 @@ def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str
 
 
 def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, method: str,
-                 seed: int) -> Dict[str, Any]:
+                 seed: int, compression: Optional[float] = None) -> Dict[str, Any]:
     """One OptEmbed pipeline (resumes at its last stage / generation)."""
     from slimembed.search.optembed import run_pipeline
 
@@ -123,12 +159,13 @@ def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model:
         "optembed": {"variant": method, "alpha": args.alpha, "threshold_lr": args.threshold_lr,
                      "generations": args.generations,
                      "search_max_eval_batches": args.search_eval_batches or None,
-                     "retrain_from": args.retrain_from},
+                     "retrain_from": args.retrain_from,
+                     "budget_bytes": None if compression is None else int(full_field_bytes(data_dir, args) / compression)},
         "output": str(run_dir),
     }
     summary = run_pipeline(cfg, log=lambda s: print(f"    {s}", flush=True), progress=args.progress)
     row = {
-        "model": model, "method": method, "seed": seed,
+        "model": model, "method": method if compression is None else f"{method}@{compression:g}x", "seed": seed,
         "test_auc": summary["test_auc"], "test_logloss": summary["test_logloss"],
         "kept_rows": summary["kept_rows"], "rows": summary["rows"],
         "exported_bytes": summary["exported_table_bytes"], "full_bytes": summary["full_table_bytes"],
@@ -141,6 +178,14 @@ def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model:
 
     atomic_write_json(row, done)
     return row
+
+
+def full_field_bytes(data_dir: Path, args: argparse.Namespace) -> int:
+    """fp32 bytes of the full field table (every value a row of ``--dim`` floats): the reference
+    a budget ``@Cx`` divides."""
+    from slimembed.datasets import load_processed
+
+    return sum(int(f.num_embeddings) for f in load_processed(str(data_dir)).schema.features(args.dim)) * args.dim * 4
 
 
 def _ms(values: Sequence[float], fmt: str) -> str:
@@ -181,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (8:1:1 train/val/test)")
     p.add_argument("--scale", type=float, default=0.02, help="cardinality scale vs Criteo Kaggle")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=["deepfm", "dcn", "fnn", "ipnn", "dcnv2", "wdl"])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help=f"{', '.join(METHODS)}; a budget as METHOD@Cx (e.g. optembed@10x: the search keeps "
+                        f"the export under the full field table / C), and baselines at a budget: "
+                        f"{', '.join(BUDGET_BASELINES)} (e.g. hash@10x)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--hidden", type=int, nargs="+", default=[400, 400, 400])
@@ -210,11 +258,15 @@ def finished_rows(out: Path) -> List[Dict[str, Any]]:
     """Every finished run under ``OUT/runs/MODEL/METHOD/seedS`` (in model, method, seed order)."""
     rows = []
     for model_dir in sorted(p for p in (out / "runs").glob("*") if p.is_dir()):
-        for method in METHODS:
-            for seed_dir in sorted((model_dir / method).glob("seed*"), key=lambda p: int(p.name[4:])):
-                done = seed_dir / ("result.json" if method == "full" else "row.json")
-                if done.exists():
-                    rows.append(json.loads(done.read_text()))
+        def order(d: Path) -> tuple:
+            name, comp = parse_method(d.name)
+            return (comp or 0.0, name not in METHODS, METHODS.index(name) if name in METHODS else 0, name)
+
+        for method_dir in sorted((d for d in model_dir.iterdir() if d.is_dir()), key=order):
+            for seed_dir in sorted(method_dir.glob("seed*"), key=lambda p: int(p.name[4:])):
+                for done in (seed_dir / "result.json", seed_dir / "row.json"):
+                    if done.exists():
+                        rows.append(json.loads(done.read_text()))
     return rows
 
 
@@ -229,6 +281,8 @@ def write_summary(out: Path, rows: List[Dict[str, Any]], args: argparse.Namespac
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    for m in args.methods:
+        parse_method(m)  # fail before any training
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.summary_only:
@@ -253,10 +307,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 run_dir = out / "runs" / model / method / f"seed{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 print(f"[exp] {model} / {method} / seed {seed}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-                if method == "full":
-                    row = run_full(args, data_dir, run_dir, model, seed)
+                name, comp = parse_method(method)
+                if name == "full" or name in BUDGET_BASELINES:
+                    row = run_full(args, data_dir, run_dir, model, seed, method=name, compression=comp)
                 else:
-                    row = run_optembed(args, data_dir, run_dir, model, method, seed)
+                    row = run_optembed(args, data_dir, run_dir, model, name, seed, compression=comp)
                 print(f"[exp]   test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, "
                       f"kept rows {row['kept_rows']:,}/{row['rows']:,}, exported {row['exported_bytes']:,} bytes",
                       flush=True)

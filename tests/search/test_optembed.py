@@ -361,3 +361,15 @@ def test_experiment_command_tiny_and_resumable(tmp_path, capsys):
     assert not (tmp_path / "exp2" / "data").exists()
     (row,) = json.loads((tmp_path / "exp2" / "results.json").read_text())["rows"]
     assert row["seed"] == 1 and row["device"] == "cpu"
+
+
+def test_experiment_budget_methods():
+    from slimembed.search.optembed_experiment import parse_method
+
+    assert parse_method("optembed@10x") == ("optembed", 10.0)
+    assert parse_method("hash@100") == ("hash", 100.0)
+    assert parse_method("full") == ("full", None)
+    for bad, msg in (("hash", "needs a budget"), ("full@10x", "no budget"), ("optembed@0.5x", "compression > 1"),
+                     ("nope@10x", "expected one of"), ("qr@tenx", "compression > 1")):
+        with pytest.raises(ValueError, match=msg):
+            parse_method(bad)
