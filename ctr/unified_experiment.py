@@ -141,20 +141,31 @@ def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
     return runs
 
 
-def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None) -> str:
-    """Markdown table of mean ± std test AUC and bytes per (model, method, budget)."""
+def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
+              include: Sequence[Path] = ()) -> str:
+    """Markdown table of mean ± std test AUC and bytes per (model, method, budget).
+
+    ``include``: more grid directories (e.g. runs made on a GPU machine) merged in; a run
+    (model, arm, budget, seed) found in several is taken from the first (``out`` first). The
+    ``device`` column says where each row's runs trained.
+    """
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
-    for path in sorted((out / "runs").glob("*/*.json")):
-        rec = json.loads(path.read_text())
-        run = rec.get("extra", {}).get("unified_experiment")
-        if run is None:
-            continue
-        key = (run["model"], run["method"], run["compression"])
-        groups.setdefault(key, []).append(rec)
+    seen = set()
+    for d in [out, *include]:
+        for path in sorted((Path(d) / "runs").glob("*/*.json")):
+            rec = json.loads(path.read_text())
+            run = rec.get("extra", {}).get("unified_experiment")
+            if run is None:
+                continue
+            key = (run["model"], run["method"], run["compression"])
+            if key + (run["seed"],) in seen:
+                continue
+            seen.add(key + (run["seed"],))
+            groups.setdefault(key, []).append(rec)
     order = {m: i for i, m in enumerate(METHODS)}
     keys = sorted(groups, key=lambda k: (k[0], -1 if k[2] is None else k[2], order.get(k[1], 99), k[1]))
-    lines = ["| model | budget | method | test AUC (mean ± std) | table bytes | compression | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | budget | method | test AUC (mean ± std) | table bytes | compression | seeds | device |",
+             "|---|---|---|---|---|---|---|---|"]
     rows_json = []
     for model, method, comp in keys:
         recs = groups[(model, method, comp)]
@@ -163,10 +174,12 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None) -> str
         std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
         tb = statistics.fmean(r["memory"]["table_bytes"] for r in recs)
         ratio = statistics.fmean(r["memory"]["ratio"] for r in recs)
+        devices = sorted({str(r.get("config", {}).get("device", "cpu")) for r in recs})
         lines.append(f"| {model} | {budget_tag(comp)} | {method} | {mean:.4f} ± {std:.4f} | "
-                     f"{tb:,.0f} | {ratio:.1f}x | {len(aucs)} |")
+                     f"{tb:,.0f} | {ratio:.1f}x | {len(aucs)} | {'+'.join(devices)} |")
         rows_json.append({"model": model, "method": method, "compression": comp, "auc_mean": mean,
-                          "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs)})
+                          "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs),
+                          "devices": devices})
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps(rows_json, indent=2))
@@ -194,6 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary-only", action="store_true", help="only summarise finished runs")
     p.add_argument("--device", default="cpu", help="torch device (e.g. cuda)")
+    p.add_argument("--include", nargs="+", default=[],
+                   help="more grid directories whose runs join the summary (e.g. a GPU machine's)")
     p.add_argument("--data", default=None,
                    help="an existing processed dataset directory instead of generating one under --out")
     args = p.parse_args(argv)
@@ -201,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parse_arm(arm)  # fail before any training on a malformed arm
     if not args.summary_only:
         run_grid(args)
-    print(summarize(Path(args.out)))
+    print(summarize(Path(args.out), include=[Path(d) for d in args.include]))
     return 0
 
 
