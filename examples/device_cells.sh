@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Benchmark cells on a CUDA machine, one process per (method, seed), all at once: the slow-on-CPU
+# methods of the hashing grid (tt, dhe) without the full-table reference (which the CPU grid has).
+#
+#   OUT=runs/device_cells CELLS="dhe:0 dhe:1 dhe:2 tt:1 tt:2" bash examples/device_cells.sh
+#
+# Cells land in $WORK/grid/cells (the same files as `slimembed benchmark --config
+# docs/grid_hashing.yaml` writes); $OUT/cells.tar is refreshed every 5 s so a run cut short still
+# returns what finished. Copy the cells into the CPU grid's cells/ and rerun the benchmark with
+# --dry-run to tabulate them together.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-runs/device_cells}
+WORK=${WORK:-runs/device_cells_work}
+CELLS=${CELLS:-"dhe:0 dhe:1 dhe:2 tt:1 tt:2"}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+mkdir -p "$OUT" "$WORK/logs"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONSAFEPATH=1
+shim=$(mktemp -d)/shim
+mkdir -p "$shim/slimembed"
+cp slimembed/__init__.py "$shim/slimembed/"
+for p in ctr tables search datasets; do ln -s "$ROOT/$p" "$shim/slimembed/$p"; done
+export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+t0=$(date +%s)
+DATA="$WORK/data"
+$PY -c "
+import os
+from slimembed.datasets import generate
+if not os.path.exists('$DATA/schema.json'):
+    generate('$DATA', format='processed', rows=${ROWS:-2000000}, seed=0)
+" || exit 1
+echo "data ready ($(( $(date +%s) - t0 )) s)"
+pids=()
+for cell in $CELLS; do
+  m=${cell%%:*}; s=${cell##*:}
+  $PY -c "from slimembed.ctr.cli import main; raise SystemExit(main(['benchmark', '--config', 'docs/grid_hashing.yaml',
+    '--set', 'methods=[$m]', '--set', 'seeds=[$s]', '--set', 'reference=false', '--set', 'experiment.data.path=$DATA',
+    '--set', 'experiment.train.device=$DEVICE', '--out', '$WORK/grid']))" > "$WORK/logs/${m}_s$s.log" 2>&1 &
+  pids+=($!)
+done
+( while true; do tar -cf "$OUT/cells.tar" -C "$WORK" grid/cells logs 2>/dev/null; sleep 5; done ) &
+saver=$!
+for p in "${pids[@]}"; do wait "$p"; done
+kill $saver
+tar -cf "$OUT/cells.tar" -C "$WORK" grid/cells logs
+grep -h "test AUC" "$WORK"/logs/*.log
+echo "done ($(( $(date +%s) - t0 )) s)"
