@@ -161,8 +161,18 @@ def cell_id(method: str, budget: float, seed: int) -> str:
 def _fingerprint(exp: Mapping[str, Any]) -> str:
     e = {k: v for k, v in exp.items() if k != "output"}
     e["data"] = {k: v for k, v in e["data"].items() if k not in ("path", "eval_batch_size")}
-    e["train"] = {k: v for k, v in e["train"].items() if k not in ("progress", "num_threads", "log_every")}
+    # Where a cell trains (threads, device) is not what it measures: a cell run on a GPU machine
+    # counts for the same grid (its record and the results table say which device).
+    e["train"] = {k: v for k, v in e["train"].items()
+                  if k not in ("progress", "num_threads", "log_every", "device")}
     return hashlib.sha1(json.dumps(e, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _safe_fingerprint(exp: Mapping[str, Any]) -> Optional[str]:
+    try:
+        return _fingerprint(exp)
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def ensure_data(cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> None:
@@ -231,7 +241,11 @@ def run_benchmark(config: Union[str, Path, Mapping[str, Any], None] = None, over
             except ValueError:
                 old = {}
             ob = old.get("benchmark") or {}
-            if ob.get("status") in DONE and ob.get("fingerprint") == fp:
+            stored = (old.get("extra") or {}).get("experiment")
+            # the stored experiment re-fingerprinted, so cells written by an older fingerprint
+            # rule (or on another device) still count
+            same = ob.get("fingerprint") == fp or (isinstance(stored, dict) and _safe_fingerprint(stored) == fp)
+            if ob.get("status") in DONE and same:
                 n_skip += 1
                 continue
         if cell["method"] in cfg["exclude"]:
@@ -320,6 +334,7 @@ def write_results(outdir: Path, cells: Sequence[Mapping[str, Any]], cfg: Mapping
             "ratio": (pts[0].full_bytes / statistics.fmean(tb)) if tb and pts[0].full_bytes else None,
             "test_auc": auc_m, "test_auc_std": auc_s, "val_auc": vauc_m, "test_logloss": ll_m,
             "train_time_s": _mean_std(times)[0], "samples_per_s": _mean_std(sps)[0], "message": msg,
+            "device": "+".join(sorted({str((c.get("config") or {}).get("device", "cpu")) for c in ok})) or "-",
         }
         table.append(row)
         if ok:
@@ -330,7 +345,7 @@ def write_results(outdir: Path, cells: Sequence[Mapping[str, Any]], cfg: Mapping
     files = {"csv": outdir / "results.csv", "md": outdir / "results.md", "png": outdir / "benchmark.png",
              "json": outdir / "results.json"}
     fields = ["method", "budget", "status", "seeds_done", "table_bytes", "ratio", "test_auc", "test_auc_std",
-              "val_auc", "test_logloss", "train_time_s", "samples_per_s", "message"]
+              "val_auc", "test_logloss", "train_time_s", "samples_per_s", "device", "message"]
     with open(files["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -344,8 +359,8 @@ def write_results(outdir: Path, cells: Sequence[Mapping[str, Any]], cfg: Mapping
           f"data `{e['data']['path']}`" + (f" (synthetic: {gen})" if gen else "") + f"; seeds {cfg['seeds']}.",
           "Budget = compression target vs the full fp32 tables (field + first-order); bytes are the tables' "
           "parameters + buffers. AUC: test, mean (± std) over the finished seeds.", "",
-          "| method | budget | status | table MiB | compression | test AUC | val AUC | test logloss | train s | samples/s |",
-          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "| method | budget | status | table MiB | compression | test AUC | val AUC | test logloss | train s | samples/s | device |",
+          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in table:
         auc = f4(row["test_auc"]) + (f" ± {row['test_auc_std']:.4f}" if row["test_auc_std"] else "")
         mib = "-" if row["table_bytes"] is None else f"{row['table_bytes'] / 2**20:.3f}"
@@ -353,7 +368,7 @@ def write_results(outdir: Path, cells: Sequence[Mapping[str, Any]], cfg: Mapping
         ts = "-" if row["train_time_s"] is None else f"{row['train_time_s']:.0f}"
         sps = "-" if row["samples_per_s"] is None else f"{row['samples_per_s']:.0f}"
         md.append(f"| {row['method']} | {row['budget']:g}x | {row['status']} | {mib} | {ratio} | {auc} | "
-                  f"{f4(row['val_auc'])} | {f4(row['test_logloss'])} | {ts} | {sps} |")
+                  f"{f4(row['val_auc'])} | {f4(row['test_logloss'])} | {ts} | {sps} | {row['device']} |")
     notes = [(row["method"], row["budget"], row["status"], row["message"]) for row in table
              if row["status"] not in ("ok",) and row["message"]]
     if notes:

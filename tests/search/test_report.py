@@ -177,6 +177,18 @@ def test_benchmark_grid_records_and_resumes(bench_data, tmp_path):
     assert any("7 cells: 4 already done, 1 to train" in line for line in logs), logs
     assert (tmp_path / "b" / "cells" / "full__1x__seed0.json").stat().st_mtime_ns == mtime
     assert json.loads((tmp_path / "b" / "cells" / "hash__2x__seed0.json").read_text())["benchmark"]["status"] == "ok"
+    assert "| full | 1x | ok |" in (tmp_path / "b" / "results.md").read_text()
+    assert read_csv(tmp_path / "b" / "results.csv")[0]["device"] == "cpu"
+    # a cell trained elsewhere (another device, an older fingerprint) counts as done: the stored
+    # experiment is fingerprinted again
+    p = tmp_path / "b" / "cells" / "qr__2x__seed0.json"
+    rec = json.loads(p.read_text())
+    rec["benchmark"]["fingerprint"] = "from-a-gpu-run"
+    rec["extra"]["experiment"]["train"]["device"] = "cuda"
+    p.write_text(json.dumps(rec))
+    logs.clear()
+    run_benchmark(cfg, log=logs.append)
+    assert any("7 cells: 5 already done, 0 to train" in line for line in logs), logs
 
 
 @pytest.mark.parametrize("over, match", [
