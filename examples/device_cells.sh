@@ -17,12 +17,7 @@ CELLS=${CELLS:-"dhe:0 dhe:1 dhe:2 tt:1 tt:2"}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK/logs"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONSAFEPATH=1
-shim=$(mktemp -d)/shim
-mkdir -p "$shim/slimembed"
-cp slimembed/__init__.py "$shim/slimembed/"
-for p in ctr tables search datasets; do ln -s "$ROOT/$p" "$shim/slimembed/$p"; done
-export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+. "$ROOT/examples/device_env.sh"
 t0=$(date +%s)
 DATA="$WORK/data"
 $PY -c "

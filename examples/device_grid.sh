@@ -22,14 +22,7 @@ GRID_SECONDS=${GRID_SECONDS:-420}
 WORK=${WORK:-runs/device_work}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
-# PYTHONSAFEPATH: the checkout's own slimembed/ (only __init__) must not shadow the shim.
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONSAFEPATH=1
-
-shim=$(mktemp -d)/shim
-mkdir -p "$shim/slimembed"
-cp slimembed/__init__.py "$shim/slimembed/"
-for p in ctr tables search datasets; do ln -s "$ROOT/$p" "$shim/slimembed/$p"; done
-export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+. "$ROOT/examples/device_env.sh"
 $PY -c "import torch, slimembed.tables as t; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" || exit 1
 
 t0=$(date +%s)
