@@ -17,7 +17,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from slimembed.datasets import generate
 
     kw = {} if args.scale is None else {"scale": args.scale}
-    rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, progress=True, **kw)
+    rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, profile=args.profile,
+                   progress=True, **kw)
     print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
     return 0
 
@@ -123,12 +124,16 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimembed", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES
 
     g = sub.add_parser("generate", help="write synthetic Criteo-like data (processed or raw TSV)")
     g.add_argument("--out", required=True, help="output directory (processed) or .tsv file")
     g.add_argument("--rows", type=int, default=1_000_000)
     g.add_argument("--scale", type=float, default=None, help="cardinality scale vs Criteo Kaggle (default 0.02: ~730k values)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                   help=f"teacher preset (default {DEFAULT_PROFILE}: calibrated against real Criteo; "
+                        "v1: the earlier results' data)")
     g.add_argument("--format", choices=["processed", "tsv"], default="processed")
     g.set_defaults(func=_cmd_generate)
 

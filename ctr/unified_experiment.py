@@ -71,16 +71,18 @@ def run_name(model: str, method: str, compression: Optional[float], seed: int) -
     return f"{model}/{safe}_{budget_tag(compression)}_s{seed}"
 
 
-def ensure_data(out: Path, rows: int, scale: float, data_seed: int) -> Path:
+def ensure_data(out: Path, rows: int, scale: float, data_seed: int, profile: str = "v2") -> Path:
     """The synthetic dataset of this grid (generated once; reused when its knobs match)."""
     from slimembed.datasets import generate
 
-    path = out / f"data_{rows}_scale{scale:g}_seed{data_seed}"
+    # v1 data keeps its old directory name, so earlier grids resume on the data they started with
+    suffix = "" if profile == "v1" else f"_{profile}"
+    path = out / f"data_{rows}_scale{scale:g}_seed{data_seed}{suffix}"
     report = path / "report.json"
     if (path / "schema.json").exists() and report.exists():
         return path
     print(f"[unified-experiment] generating {rows:,} synthetic Criteo-like rows in {path}", flush=True)
-    generate(path, rows=rows, scale=scale, seed=data_seed)
+    generate(path, rows=rows, scale=scale, seed=data_seed, profile=profile)
     return path
 
 
@@ -121,7 +123,7 @@ def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data) if args.data else ensure_data(out, args.rows, args.scale, args.data_seed)
+    data = Path(args.data) if args.data else ensure_data(out, args.rows, args.scale, args.data_seed, args.profile)
     runs = grid(args.models, args.methods, args.compressions, args.seeds)
     done = 0
     for i, run in enumerate(runs):
@@ -187,11 +189,15 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES
+
     p = argparse.ArgumentParser(prog="python -m slimembed.ctr.unified_experiment",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/unified")
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--scale", type=float, default=0.02, help="synthetic cardinality scale")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                   help="synthetic teacher preset (the committed Unified results used v1)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--methods", nargs="+", default=list(METHODS),

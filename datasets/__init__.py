@@ -20,7 +20,7 @@ from .ids import HASH_KEY, ID_SPACE, MISSING_ID, hash_strings, random_split
 from .preprocess import PrepareReport, prepare_criteo, prepare_table
 from .processed import ProcessedDataset, ProcessedLoader, load_processed, make_loader
 from .schema import CategoricalColumn, Schema, fold_size
-from .synthetic import GenerateReport, generate, synthetic_cardinalities
+from .synthetic import DEFAULT_PROFILE, PROFILES, GenerateReport, generate, synthetic_cardinalities
 from .tabular import AVAZU_SPEC, TableReader, TableSpec
 
 __all__ = [
@@ -31,6 +31,6 @@ __all__ = [
     "HASH_KEY", "ID_SPACE", "MISSING_ID", "hash_strings", "random_split",
     "PrepareReport", "prepare_criteo", "prepare_table",
     "ProcessedDataset", "ProcessedLoader", "load_processed", "make_loader",
-    "GenerateReport", "generate", "synthetic_cardinalities",
+    "DEFAULT_PROFILE", "PROFILES", "GenerateReport", "generate", "synthetic_cardinalities",
     "AVAZU_SPEC", "TableReader", "TableSpec",
 ]

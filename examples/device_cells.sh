@@ -7,13 +7,15 @@
 # Cells land in $WORK/grid/cells (the same files as `slimembed benchmark --config
 # docs/grid_hashing.yaml` writes); $OUT/cells.tar is refreshed every 5 s so a run cut short still
 # returns what finished. Copy the cells into the CPU grid's cells/ and rerun the benchmark with
-# --dry-run to tabulate them together.
+# --dry-run to tabulate them together. PROFILE is the synthetic preset of that grid's data (v1 for
+# docs/grid_hashing.yaml).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-runs/device_cells}
 WORK=${WORK:-runs/device_cells_work}
 CELLS=${CELLS:-"dhe:0 dhe:1 dhe:2 tt:1 tt:2"}
+PROFILE=${PROFILE:-v1}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK/logs"
@@ -24,7 +26,7 @@ $PY -c "
 import os
 from slimembed.datasets import generate
 if not os.path.exists('$DATA/schema.json'):
-    generate('$DATA', format='processed', rows=${ROWS:-2000000}, seed=0)
+    generate('$DATA', format='processed', rows=${ROWS:-2000000}, seed=0, profile='$PROFILE')
 " || exit 1
 echo "data ready ($(( $(date +%s) - t0 )) s)"
 pids=()

@@ -8,6 +8,8 @@
 #   OUT=runs/device GRID_SECONDS=420 bash examples/device_grid.sh
 #   ROWS=50000 GRID_SECONDS=120 DEVICE=cpu bash examples/device_grid.sh     # a rehearsal on a CPU
 #
+# PROFILE picks the synthetic teacher preset (default v2; the committed H200 results used v1).
+#
 # Needs python3 with torch, numpy, pandas, pyarrow, pyyaml, tqdm, scikit-learn (a GPU image has
 # them); slimembed runs from this checkout through a PYTHONPATH shim, nothing is installed.
 # Every run is resumable and written as it finishes; the grids stop after GRID_SECONDS, and what
@@ -17,6 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-runs/device}
 ROWS=${ROWS:-2000000}
+PROFILE=${PROFILE:-v2}
 DEVICE=${DEVICE:-cuda}
 GRID_SECONDS=${GRID_SECONDS:-420}
 WORK=${WORK:-runs/device_work}
@@ -32,7 +35,7 @@ $PY -c "
 from slimembed.datasets import generate
 import os
 if not os.path.exists('$DATA/schema.json'):
-    generate('$DATA', rows=$ROWS, seed=0, scale=0.02, progress=False)
+    generate('$DATA', rows=$ROWS, seed=0, scale=0.02, profile='$PROFILE', progress=False)
 " > "$OUT/generate.log" 2>&1 &
 gen=$!
 timeout 60 $PY examples/device_parity.py --device "$DEVICE" > "$OUT/parity.md" 2>&1

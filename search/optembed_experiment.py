@@ -65,16 +65,19 @@ def parse_method(spec: str) -> Tuple[str, Optional[float]]:
 MODELS = ("deepfm", "dcn")
 
 
-def ensure_data(data_dir: Path, rows: int, seed: int = 0, scale: float = 0.02) -> Dict[str, Any]:
-    """Generate the synthetic Criteo-like data once (reused when rows/seed/scale match)."""
+def ensure_data(data_dir: Path, rows: int, seed: int = 0, scale: float = 0.02,
+                profile: str = "v2") -> Dict[str, Any]:
+    """Generate the synthetic Criteo-like data once (reused when rows/seed/scale/profile match)."""
     from slimembed.datasets import generate, load_processed
 
     wanted = {"rows": rows, "seed": seed, "scale": scale}
+    if profile != "v1":  # markers written before profiles existed describe v1 data
+        wanted["profile"] = profile
     marker = data_dir / "experiment_params.json"
     if not ((data_dir / "schema.json").exists() and marker.exists() and json.loads(marker.read_text()) == wanted):
         t0 = time.perf_counter()
         print(f"[exp] generating {rows:,} synthetic Criteo-like rows into {data_dir} ...", flush=True)
-        generate(str(data_dir), rows=rows, seed=seed, scale=scale)
+        generate(str(data_dir), rows=rows, seed=seed, scale=scale, profile=profile)
         marker.write_text(json.dumps(wanted))
         print(f"[exp] generated in {time.perf_counter() - t0:.0f} s", flush=True)
     return load_processed(str(data_dir)).schema.meta
@@ -220,11 +223,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES
+
     p = argparse.ArgumentParser(prog="python -m slimembed.search.optembed_experiment",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/optembed_exp")
     p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (8:1:1 train/val/test)")
     p.add_argument("--scale", type=float, default=0.02, help="cardinality scale vs Criteo Kaggle")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                   help="synthetic teacher preset (the committed OptEmbed results used v1)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=["deepfm", "dcn", "fnn", "ipnn", "dcnv2", "wdl"])
     p.add_argument("--methods", nargs="+", default=list(METHODS),
                    help=f"{', '.join(METHODS)}; a budget as METHOD@Cx (e.g. optembed@10x: the search keeps "
@@ -295,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         meta = load_processed(str(data_dir)).schema.meta
     else:
         data_dir = out / "data"
-        meta = ensure_data(data_dir, args.rows, seed=0, scale=args.scale)
+        meta = ensure_data(data_dir, args.rows, seed=0, scale=args.scale, profile=args.profile)
     gen = meta.get("generator") or {}
     if "teacher_auc" in gen:
         print(f"[exp] teacher AUC (the best achievable on this data): {gen['teacher_auc']:.4f}", flush=True)

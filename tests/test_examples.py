@@ -43,3 +43,16 @@ def test_device_parity_smoke():
     assert "parity: 0 failure(s)" in out
     for method in ("full", "hash", "qr", "robe", "tt", "dhe", "unified", "optembed"):
         assert f"| {method} | forward |" in out
+
+
+def test_calibrate_synthetic(tmp_path):
+    out_dir = tmp_path / "cal"
+    args = ["--rows", "6000", "--hidden", "8", "--folds", "10", "--threads", "1", "--out", str(out_dir),
+            "--knob", "signal_gamma=0.25"]
+    out = run_example("calibrate_synthetic.py", *args)
+    assert "| fold10_min0 |" in out and "| lr |" in out and "full DeepFM vs teacher" in out
+    meta = (out_dir / "summary.md").read_text()
+    assert "profile v2" in meta and "signal_gamma 0.25" in meta
+    # resumable: a second call reuses the records instead of training again
+    again = run_example("calibrate_synthetic.py", *args[:-2])
+    assert "[calibrate] training" not in again and "| fold10_min0 |" in again

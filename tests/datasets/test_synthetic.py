@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slimembed.datasets import generate, load_processed, make_loader, prepare_criteo, synthetic_cardinalities
-from slimembed.datasets.synthetic import zipf_probs, zipf_sample
+from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, zipf_probs, zipf_sample
 
 ROWS = 20_000
 KW = dict(rows=ROWS, scale=0.002, small_field_max=2000)
@@ -28,8 +28,26 @@ def test_report_and_calibration(synth):
     assert rep.cardinalities["C9"] == 3 and rep.cardinalities["C3"] == max(2000, round(10131227 * 0.002))
     assert rep.total_vocabulary == sum(synthetic_cardinalities(0.002, 2000))
     saved = json.loads((out / "report.json").read_text())
-    assert saved["teacher_auc"] == rep.teacher_auc and saved["knobs"]["signal_gamma"] == 0.3
-    assert load_processed(out).schema.meta["generator"]["zipf_exponent"] == 1.1
+    default = PROFILES[DEFAULT_PROFILE]
+    assert saved["teacher_auc"] == rep.teacher_auc and saved["knobs"]["profile"] == DEFAULT_PROFILE
+    assert saved["knobs"]["signal_gamma"] == default["signal_gamma"]
+    assert load_processed(out).schema.meta["generator"]["zipf_exponent"] == default["zipf_exponent"]
+
+
+def test_profiles(synth, tmp_path):
+    out, rep = synth
+    # the earlier profile is the earlier generator: its knobs, and different data from the default
+    v1 = generate(tmp_path / "v1", seed=3, profile="v1", **KW)
+    assert {k: v1.knobs[k] for k in PROFILES["v1"]} == {
+        "zipf_exponent": 1.1, "signal_gamma": 0.3, "latent_dim": 8, "first_order_std": 1.05,
+        "interaction_std": 0.8, "dense_std": 0.5, "noise_std": 0.0, "dense_missing": "own"}
+    assert not np.array_equal(np.load(out / "train" / "sparse.npy"), np.load(tmp_path / "v1" / "train" / "sparse.npy"))
+    # an explicit knob overrides the profile's value and is recorded
+    over = generate(tmp_path / "o", seed=3, profile="v1", signal_gamma=0.5, **KW)
+    assert over.knobs["signal_gamma"] == 0.5 and over.knobs["zipf_exponent"] == 1.1
+    assert over.teacher_auc != v1.teacher_auc
+    with pytest.raises(ValueError, match="unknown synthetic profile 'v9'"):
+        generate(tmp_path / "x", profile="v9", **KW)
 
 
 def test_processed_layout(synth):
