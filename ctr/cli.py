@@ -14,9 +14,18 @@ from typing import List, Optional, Sequence
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from slimembed.datasets import generate
+    import yaml
+
+    from slimembed.datasets import PROFILES, generate
 
     kw = {} if args.scale is None else {"scale": args.scale}
+    if args.small_field_max is not None:
+        kw["small_field_max"] = args.small_field_max
+    for item in args.knob:
+        name, sep, value = item.partition("=")
+        if not sep or name not in PROFILES[args.profile]:
+            raise ValueError(f"--knob {item!r}: expected NAME=VALUE with NAME one of {sorted(PROFILES[args.profile])}")
+        kw[name] = yaml.safe_load(value)
     rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, profile=args.profile,
                    progress=True, **kw)
     print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
@@ -134,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
                    help=f"teacher preset (default {DEFAULT_PROFILE}: calibrated against real Criteo; "
                         "v1: the earlier results' data)")
+    g.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one teacher knob of the profile, e.g. --knob interaction_std=0.5")
+    g.add_argument("--small-field-max", type=int, default=None,
+                   help="fields up to this many values keep Criteo's size (default 10000)")
     g.add_argument("--format", choices=["processed", "tsv"], default="processed")
     g.set_defaults(func=_cmd_generate)
 

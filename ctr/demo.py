@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEMO_ROWS = 500_000
 DEMO_METHODS = ("full", "hash", "qr", "unified")
@@ -18,20 +18,24 @@ DEMO_MODEL = {"name": "deepfm", "embedding_dim": 16, "hidden_units": [400, 400, 
 DEMO_TRAIN = {"epochs": 1, "lr": 1e-3, "embedding_optimizer": "sparse_adam", "early_stop_patience": None}
 
 
-def _ensure_data(data_dir: Path, rows: int, seed: int) -> Dict[str, Any]:
-    from slimembed.datasets import generate, load_processed
+def _ensure_data(data_dir: Path, rows: int, seed: int) -> Tuple[Dict[str, Any], bool]:
+    """The demo's data (made when missing or made with other parameters) and whether it was made."""
+    from slimembed.datasets import DEFAULT_PROFILE, generate, load_processed
 
-    wanted = {"rows": rows, "seed": seed}
+    # the profile is part of the marker: data made by another generator profile is regenerated
+    wanted = {"rows": rows, "seed": seed, "profile": DEFAULT_PROFILE}
     marker = data_dir / "demo_params.json"
     if (data_dir / "schema.json").exists() and marker.exists() and json.loads(marker.read_text()) == wanted:
         print(f"[demo] reusing synthetic data in {data_dir}")
+        made = False
     else:
         t0 = time.perf_counter()
         print(f"[demo] generating {rows:,} synthetic Criteo-like rows into {data_dir} ...")
         generate(str(data_dir), rows=rows, seed=seed, format="processed")
         marker.write_text(json.dumps(wanted))
         print(f"[demo] generated in {time.perf_counter() - t0:.1f} s")
-    return load_processed(str(data_dir)).schema.meta
+        made = True
+    return load_processed(str(data_dir)).schema.meta, made
 
 
 def run_demo(
@@ -53,7 +57,10 @@ def run_demo(
     for m in methods:
         if m not in available_methods():
             raise ValueError(f"unknown table method {m!r}; available: {', '.join(available_methods())}")
-    meta = _ensure_data(out / "data", rows, seed)
+    meta, made = _ensure_data(out / "data", rows, seed)
+    if made:  # records trained on the data that was just replaced are stale
+        for m in available_methods():
+            (out / f"{m}.json").unlink(missing_ok=True)
     if "teacher_auc" in meta:
         print(f"[demo] teacher AUC (the best any model can reach on this data): {meta['teacher_auc']:.4f}")
     records = []

@@ -38,6 +38,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--scale", type=float, default=0.02)
+    ap.add_argument("--profile", default=None, help="synthetic teacher preset (default: the generator's)")
     ap.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--modes", default='[{}, {"vocabulary_free": true}, {"dense": "bucket"}]',
                     help="JSON list of prepare_criteo keyword sets")
@@ -51,7 +52,8 @@ def main(argv=None) -> None:
     work = Path(args.out or tempfile.mkdtemp(prefix="slimembed-bench-"))
     for fmt in ("processed", "tsv"):
         t0, c0 = time.perf_counter(), _cpu()
-        rep = generate(work / fmt, rows=args.rows, scale=args.scale, format=fmt)
+        kw = {} if args.profile is None else {"profile": args.profile}
+        rep = generate(work / fmt, rows=args.rows, scale=args.scale, format=fmt, **kw)
         print(json.dumps({"step": f"generate[{fmt}]", "rows": rep.rows, "seconds": rep.seconds,
                           "rows_per_s": rep.rows_per_s, "cpu_seconds": round(_cpu() - c0, 2),
                           "teacher_auc": rep.teacher_auc, "ctr": rep.ctr,

@@ -99,9 +99,9 @@ _SPLIT_WEIGHTS = (8.0, 1.0, 1.0)
 
 #: Named presets of the teacher's knobs (see the module docstring, "Calibration").
 PROFILES: Dict[str, Dict[str, Any]] = {
-    # The first profile: too much signal in pairwise interactions (they add 0.063 teacher AUC over
-    # first order + dense; on Criteo_x1, FM over LR adds 0.014) and in the head values, so DeepFM
-    # stays 0.03 below the teacher and a 10x fold costs only 0.003.
+    # The first profile: strong pairwise interactions, which one epoch of DeepFM barely learns, and
+    # signal packed into the head values, so DeepFM stays 0.031 below the teacher and a 10x fold
+    # costs only 0.003 (docs/results/calibration_v1.md).
     "v1": {"zipf_exponent": 1.1, "signal_gamma": 0.3, "latent_dim": 8, "first_order_std": 1.05,
            "interaction_std": 0.8, "dense_std": 0.5, "noise_std": 0.0, "dense_missing": "own"},
     "v2": {"zipf_exponent": 0.9, "signal_gamma": 0.25, "latent_dim": 8, "first_order_std": 1.3,

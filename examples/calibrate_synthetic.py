@@ -89,8 +89,9 @@ def summary(results: dict, meta: dict, a: argparse.Namespace) -> str:
     """The calibration table and the targets, as markdown."""
     teacher = meta["teacher_auc"]
     full = results["full"]["metrics"]["test"]["auc"]
-    knobs = ", ".join(f"{k} {meta[k]}" for k in ("zipf_exponent", "signal_gamma", "first_order_std",
-                                                 "interaction_std", "dense_std", "noise_std"))
+    knobs = ", ".join(f"{k} {meta.get(k, 'own')}" for k in (
+        "zipf_exponent", "signal_gamma", "first_order_std", "interaction_std", "dense_std", "noise_std",
+        "dense_missing"))  # generators before profiles had no dense_missing knob: "own"
     lines = [f"DeepFM {a.hidden}, {a.epochs} epoch(s), batch {a.batch_size}, embeddings by {a.embedding_optimizer}",
              "",
              f"synthetic Criteo-like data: {meta['rows']:,} rows, profile {meta.get('profile', 'v1')} "
@@ -101,8 +102,10 @@ def summary(results: dict, meta: dict, a: argparse.Namespace) -> str:
     fb = results["full"]["memory"]["table_bytes"]
     for name, rec in results.items():
         t = rec["metrics"]["test"]
+        tb = rec["memory"]["table_bytes"]
+        comp = "-" if name == "lr" else f"{fb / tb:.1f}x"  # LR's 1-wide table is no compression of DeepFM's
         lines.append(f"| {name} | {t['auc']:.4f} | {t['auc'] - full:+.4f} | {t['auc'] - teacher:+.4f} | "
-                     f"{t['logloss']:.4f} | {rec['memory']['table_bytes']:,} | {fb / rec['memory']['table_bytes']:.1f}x |")
+                     f"{t['logloss']:.4f} | {tb:,} | {comp} |")
     lines += ["", f"- full DeepFM vs teacher: {full - teacher:+.4f} (target: within {TARGET_TEACHER_GAP}) "
                   f"{'met' if teacher - full <= TARGET_TEACHER_GAP else 'MISSED'}"]
     losses = {}

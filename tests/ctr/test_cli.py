@@ -118,3 +118,30 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # finished methods are reused, not retrained
     out = capsys.readouterr().out
     assert "reusing synthetic data" in out and "hash: reusing" in out
+
+
+def test_demo_regenerates_stale_data_and_records(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    args = ["demo", "--out", str(out_dir), "--rows", "5000", "--methods", "full"]
+    assert main(args) == 0
+    capsys.readouterr()
+    # data made by another generator profile (here: the marker of an older demo) is not reused,
+    # and neither are the records trained on it
+    marker = out_dir / "data" / "demo_params.json"
+    marker.write_text(json.dumps({"rows": 5000, "seed": 0}))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "generating 5,000" in out and "full: reusing" not in out and "training DeepFM" in out
+
+
+def test_generate_profile_and_knobs(tmp_path, capsys):
+    d = tmp_path / "g"
+    assert main(["generate", "--out", str(d), "--rows", "3000", "--scale", "0.001", "--profile", "v1",
+                 "--knob", "interaction_std=0.1", "--knob", "dense_missing=zero", "--small-field-max", "50"]) == 0
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["knobs"]["profile"] == "v1" and rep["knobs"]["interaction_std"] == 0.1
+    assert rep["knobs"]["dense_missing"] == "zero" and rep["knobs"]["signal_gamma"] == 0.3
+    assert rep["knobs"]["small_field_max"] == 50
+    capsys.readouterr()
+    assert main(["generate", "--out", str(tmp_path / "x"), "--rows", "100", "--knob", "gamma=1"]) != 0
+    assert "--knob 'gamma=1'" in capsys.readouterr().err
