@@ -179,7 +179,10 @@ def ensure_data(cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> N
     """Generate the synthetic dataset at ``experiment.data.path`` if it is missing and
     ``generate`` is set; else a missing path fails (in :func:`load_experiment`)."""
     path = Path(cfg["experiment"]["data"]["path"])
-    if (path / "schema.json").exists() or cfg.get("generate") is None:
+    if cfg.get("generate") is None:
+        return
+    if (path / "schema.json").exists():
+        _check_generated(path, cfg["generate"])
         return
     from slimembed.datasets import generate
 
@@ -188,6 +191,23 @@ def ensure_data(cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> N
     rep = generate(str(path), format="processed", **cfg["generate"])
     log(f"[benchmark] generated {rep.rows:,} rows in {time.perf_counter() - t0:.0f} s "
         f"(teacher AUC {rep.teacher_auc:.4f}: the best achievable)")
+
+
+def _check_generated(path: Path, gen: Mapping[str, Any]) -> None:
+    """Existing synthetic data at ``path`` must be what ``generate`` asks for (rows, seed, profile,
+    knobs): a grid never trains on data of another profile without saying so."""
+    from slimembed.datasets.synthetic import DEFAULT_PROFILE
+
+    meta = json.loads((path / "schema.json").read_text()).get("meta", {}).get("generator")
+    if meta is None:  # not synthetic: `generate` only says how to make the data when it is missing
+        return
+    want = {"profile": DEFAULT_PROFILE, **gen}
+    have = {"profile": "v1", **meta}  # data generated before profiles existed is v1
+    diff = {k: (v, have[k]) for k, v in want.items() if k in have and have[k] != v}
+    if diff:
+        detail = ", ".join(f"{k}: config {a!r}, data {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"{path} holds synthetic data other than `generate` asks for ({detail}); "
+                         "point experiment.data.path elsewhere or remove the directory")
 
 
 def plan_cells(cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:

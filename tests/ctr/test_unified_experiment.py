@@ -33,3 +33,12 @@ def test_tiny_grid_with_an_arm_resumes(tmp_path, capsys):
     assert "2 finished runs skipped" in capsys.readouterr().out
     with pytest.raises(ValueError, match="arm"):
         ue.main(["--out", str(tmp_path / "ue"), "--methods", "unified[chunks", "--summary-only"])
+
+
+def test_data_directory_names_the_profile(tmp_path):
+    # v1 keeps the directory name grids made before profiles existed, so they resume on their data
+    v1 = ue.ensure_data(tmp_path, 1000, 0.0005, 0, "v1")
+    v2 = ue.ensure_data(tmp_path, 1000, 0.0005, 0, "v2")
+    assert v1.name == "data_1000_scale0.0005_seed0" and v2.name == "data_1000_scale0.0005_seed0_v2"
+    for path, profile in ((v1, "v1"), (v2, "v2")):
+        assert json.loads((path / "report.json").read_text())["knobs"]["profile"] == profile

@@ -373,3 +373,14 @@ def test_experiment_budget_methods():
                      ("nope@10x", "expected one of"), ("qr@tenx", "compression > 1")):
         with pytest.raises(ValueError, match=msg):
             parse_method(bad)
+
+
+def test_experiment_data_is_regenerated_for_another_profile(tmp_path):
+    from slimembed.search import optembed_experiment as oe
+
+    d = tmp_path / "data"
+    oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v1")
+    assert json.loads((d / "experiment_params.json").read_text()) == {"rows": 1000, "seed": 0, "scale": 0.0005}
+    meta = oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v2")  # not the v1 data again
+    assert meta["generator"]["profile"] == "v2"
+    assert json.loads((d / "experiment_params.json").read_text())["profile"] == "v2"

@@ -224,3 +224,14 @@ def test_example_memory_vs_auc(tmp_path):
     rows = read_csv(out / "report" / "pareto.csv")
     assert 1 <= len(rows) <= 4 and json.loads((out / "report" / "pareto.json").read_text())["front"] == len(rows)
     check_png(out / "report" / "pareto.png")
+
+
+def test_benchmark_refuses_data_of_another_profile(bench_data, tmp_path):
+    from slimembed.search.benchmark import ensure_data
+
+    cfg = bench_config(bench_data, tmp_path / "g", generate={"rows": 2500, "seed": 0})
+    ensure_data(cfg)  # the default profile: the data's own
+    for gen, key in (({"rows": 2500, "seed": 0, "profile": "v1"}, "profile: config 'v1', data 'v2'"),
+                     ({"rows": 9999, "seed": 0}, "rows: config 9999, data 2500")):
+        with pytest.raises(ValueError, match=key):
+            ensure_data(bench_config(bench_data, tmp_path / "g", generate=gen))
