@@ -14,18 +14,15 @@ from typing import List, Optional, Sequence
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import yaml
-
-    from slimembed.datasets import PROFILES, generate
+    from slimembed.datasets import generate
+    from slimembed.datasets.synthetic import parse_knob
 
     kw = {} if args.scale is None else {"scale": args.scale}
     if args.small_field_max is not None:
         kw["small_field_max"] = args.small_field_max
     for item in args.knob:
-        name, sep, value = item.partition("=")
-        if not sep or name not in PROFILES[args.profile]:
-            raise ValueError(f"--knob {item!r}: expected NAME=VALUE with NAME one of {sorted(PROFILES[args.profile])}")
-        kw[name] = yaml.safe_load(value)
+        name, value = parse_knob(args.profile, item)
+        kw[name] = value
     rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, profile=args.profile,
                    progress=True, **kw)
     print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))

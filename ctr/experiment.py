@@ -236,3 +236,40 @@ def result_summary(record: Mapping[str, Any]) -> List[str]:
     if teacher is not None:
         lines.insert(1, f"teacher AUC (best achievable on this data) {teacher:.4f}")
     return lines
+
+
+def data_identity(path: Union[str, Path]) -> Dict[str, Any]:
+    """What makes a processed dataset what it is, from its ``schema.json``: for synthetic data the
+    generator's profile, rows, seed, scale and teacher knobs (data made before profiles existed
+    is ``v1``); for other data its source and split sizes."""
+    import json
+
+    meta = json.loads((Path(path) / "schema.json").read_text()).get("meta", {})
+    gen = meta.get("generator")
+    if gen is None:
+        return {"source": meta.get("source"), "splits": meta.get("splits")}
+    keep = {k: v for k, v in gen.items() if k not in ("bias", "teacher_auc", "cardinalities", "missing_rates")}
+    keep.setdefault("profile", "v1")
+    keep.setdefault("dense_missing", "own")
+    return keep
+
+
+def claim_output_data(out: Union[str, Path], data: Union[str, Path]) -> None:
+    """One experiment directory, one dataset. The first call records ``data``'s identity in
+    ``OUT/data_identity.json``. Later calls with different data, e.g. the same grid command
+    after the generator's default profile changed, fail instead of mixing two datasets in one
+    summary."""
+    import json
+
+    marker = Path(out) / "data_identity.json"
+    ident = data_identity(data)
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old != ident:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}"
+                             for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k))
+            raise ValueError(f"{out} holds runs on other data than {data} ({diff}); "
+                             "use another --out (or --profile / --data matching its runs)")
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(ident, indent=2, default=str) + "\n")

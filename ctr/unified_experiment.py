@@ -71,10 +71,13 @@ def run_name(model: str, method: str, compression: Optional[float], seed: int) -
     return f"{model}/{safe}_{budget_tag(compression)}_s{seed}"
 
 
-def ensure_data(out: Path, rows: int, scale: float, data_seed: int, profile: str = "v2") -> Path:
+def ensure_data(out: Path, rows: int, scale: float, data_seed: int, profile: Optional[str] = None) -> Path:
     """The synthetic dataset of this grid (generated once; reused when its knobs match)."""
     from slimembed.datasets import generate
 
+    from slimembed.datasets import DEFAULT_PROFILE
+
+    profile = profile or DEFAULT_PROFILE
     # v1 data keeps its old directory name, so earlier grids resume on the data they started with
     suffix = "" if profile == "v1" else f"_{profile}"
     path = out / f"data_{rows}_scale{scale:g}_seed{data_seed}{suffix}"
@@ -119,11 +122,12 @@ def experiment_config(run: Dict[str, Any], data: Path, out: Path, args: argparse
 
 
 def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    from slimembed.ctr.experiment import run_experiment
+    from slimembed.ctr.experiment import claim_output_data, run_experiment
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else ensure_data(out, args.rows, args.scale, args.data_seed, args.profile)
+    claim_output_data(out, data)
     runs = grid(args.models, args.methods, args.compressions, args.seeds)
     done = 0
     for i, run in enumerate(runs):

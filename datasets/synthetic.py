@@ -117,7 +117,36 @@ def resolve_profile(profile: str, **overrides: Any) -> Dict[str, Any]:
     unknown = set(overrides) - set(PROFILES[profile])
     if unknown:
         raise ValueError(f"unknown teacher knobs {sorted(unknown)}; allowed: {sorted(PROFILES[profile])}")
-    return {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    knobs = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    for k, v in knobs.items():
+        if k == "dense_missing":
+            if v not in ("own", "zero"):
+                raise ValueError(f"teacher knob dense_missing must be 'own' or 'zero', got {v!r}")
+        elif k == "latent_dim":
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"teacher knob latent_dim must be an integer >= 1, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"teacher knob {k} must be a finite number >= 0, got {v!r}")
+    return knobs
+
+
+def parse_knob(profile: str, item: str) -> Tuple[str, Any]:
+    """``"NAME=VALUE"`` (command-line form) -> ``(NAME, VALUE)`` typed like the profile's knob:
+    ``latent_dim`` an integer, ``dense_missing`` a string, the others floats."""
+    name, sep, value = item.partition("=")
+    name, value = name.strip(), value.strip()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown synthetic profile {profile!r}; expected one of {sorted(PROFILES)}")
+    if not sep or not value or name not in PROFILES[profile]:
+        raise ValueError(f"--knob {item!r}: expected NAME=VALUE with NAME one of {sorted(PROFILES[profile])}")
+    kind = type(PROFILES[profile][name])
+    try:
+        typed = value if kind is str else kind(float(value)) if kind is float else int(value)
+    except ValueError:
+        raise ValueError(f"--knob {item!r}: {name} takes a{'n integer' if kind is int else ' number'}, "
+                         f"got {value!r}") from None
+    resolve_profile(profile, **{name: typed})  # range checks
+    return name, typed
 
 
 def synthetic_cardinalities(scale: float = 0.02, small_field_max: int = 10_000) -> List[int]:
@@ -399,11 +428,11 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
         raise ValueError(f"rows must be >= 1, got {rows}")
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     teacher_knobs = resolve_profile(profile, zipf_exponent=zipf_exponent, signal_gamma=signal_gamma,
                                     latent_dim=latent_dim, first_order_std=first_order_std,
                                     interaction_std=interaction_std, dense_std=dense_std,
                                     noise_std=noise_std, dense_missing=dense_missing)
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a bad knob leaves no directory
     cards = synthetic_cardinalities(scale, small_field_max)
     knobs = {"rows": rows, "profile": profile, "scale": scale, "seed": seed, **teacher_knobs,
              "target_ctr": target_ctr, "small_field_max": small_field_max,

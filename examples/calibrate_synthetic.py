@@ -28,7 +28,7 @@ TARGET_FOLD10 = (0.005, 0.02)  # AUC a 10x fold loses (real Criteo, hashing at ~
 
 
 def main() -> None:
-    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES
+    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, parse_knob
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2_000_000)
@@ -50,16 +50,18 @@ def main() -> None:
     out = Path(a.out)
     data = Path(a.data) if a.data else out / "data"
     if not (data / "schema.json").exists():
-        kw = {}
-        for item in a.knob:
-            if "=" not in item:
-                p.error(f"--knob {item!r}: expected NAME=VALUE")
-            k, v = item.split("=", 1)
-            kw[k] = int(v) if k == "latent_dim" else float(v)
+        try:
+            kw = dict(parse_knob(a.profile, item) for item in a.knob)
+        except ValueError as e:
+            p.error(str(e))
         rep = generate(str(data), rows=a.rows, seed=a.seed, profile=a.profile, progress=True, **kw)
         print(f"generated {a.rows:,} rows: teacher AUC {rep.teacher_auc:.4f}, CTR {rep.ctr:.3f}")
-    elif a.knob:
-        p.error(f"--knob needs a fresh dataset, but {data} exists")
+    else:
+        made = json.loads((data / "schema.json").read_text())["meta"]["generator"]
+        if a.knob:
+            p.error(f"--knob needs a fresh dataset, but {data} exists")
+        if made.get("profile", "v1") != a.profile:  # data from before profiles existed is v1
+            p.error(f"{data} holds profile {made.get('profile', 'v1')} data, not --profile {a.profile}")
     runs = [("full", None, 0, "deepfm")] + [(f"fold{f}_min{m}", f, m, "deepfm")
                                            for m in a.fold_min_rows for f in a.folds]
     if not a.no_lr:

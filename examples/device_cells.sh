@@ -21,7 +21,7 @@ PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK/logs"
 . "$ROOT/examples/device_env.sh"
 t0=$(date +%s)
-DATA="$WORK/data"
+DATA="$WORK/data_${PROFILE}_${ROWS:-2000000}"  # one directory per profile and size
 $PY -c "
 import os
 from slimembed.datasets import generate
@@ -34,7 +34,8 @@ for cell in $CELLS; do
   m=${cell%%:*}; s=${cell##*:}
   $PY -c "from slimembed.ctr.cli import main; raise SystemExit(main(['benchmark', '--config', 'docs/grid_hashing.yaml',
     '--set', 'methods=[$m]', '--set', 'seeds=[$s]', '--set', 'reference=false', '--set', 'experiment.data.path=$DATA',
-    '--set', 'experiment.train.device=$DEVICE', '--out', '$WORK/grid']))" > "$WORK/logs/${m}_s$s.log" 2>&1 &
+    '--set', 'experiment.train.device=$DEVICE', '--set', 'generate.profile=$PROFILE',
+    '--set', 'generate.rows=${ROWS:-2000000}', '--out', '$WORK/grid']))" > "$WORK/logs/${m}_s$s.log" 2>&1 &
   pids+=($!)
 done
 ( while true; do tar -cf "$OUT/cells.tar" -C "$WORK" grid/cells logs 2>/dev/null; sleep 5; done ) &

@@ -30,7 +30,7 @@ $PY -c "import torch, slimembed.tables as t; print('torch', torch.__version__, '
 
 t0=$(date +%s)
 # The data (CPU) while the parity check uses the device.
-DATA="$WORK/data"
+DATA="$WORK/data_${PROFILE}_${ROWS}"  # one directory per profile and size: never reused for another
 $PY -c "
 from slimembed.datasets import generate
 import os

@@ -66,15 +66,20 @@ MODELS = ("deepfm", "dcn")
 
 
 def ensure_data(data_dir: Path, rows: int, seed: int = 0, scale: float = 0.02,
-                profile: str = "v2") -> Dict[str, Any]:
+                profile: Optional[str] = None) -> Dict[str, Any]:
     """Generate the synthetic Criteo-like data once (reused when rows/seed/scale/profile match)."""
-    from slimembed.datasets import generate, load_processed
+    from slimembed.datasets import DEFAULT_PROFILE, generate, load_processed
 
+    profile = profile or DEFAULT_PROFILE
     wanted = {"rows": rows, "seed": seed, "scale": scale}
     if profile != "v1":  # markers written before profiles existed describe v1 data
         wanted["profile"] = profile
     marker = data_dir / "experiment_params.json"
     if not ((data_dir / "schema.json").exists() and marker.exists() and json.loads(marker.read_text()) == wanted):
+        claimed = data_dir.parent / "data_identity.json"
+        if claimed.exists():  # runs of this directory were made on the data about to be replaced
+            raise ValueError(f"{data_dir} was made with other parameters than {wanted} and "
+                             f"{data_dir.parent} holds runs on it; use another --out")
         t0 = time.perf_counter()
         print(f"[exp] generating {rows:,} synthetic Criteo-like rows into {data_dir} ...", flush=True)
         generate(str(data_dir), rows=rows, seed=seed, scale=scale, profile=profile)
@@ -295,14 +300,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.summary_only:
         print(write_summary(out, finished_rows(out), args))
         return 0
+    from slimembed.ctr.experiment import claim_output_data
+
     if args.data:
         from slimembed.datasets import load_processed
 
         data_dir = Path(args.data)
+        claim_output_data(out, data_dir)
         meta = load_processed(str(data_dir)).schema.meta
     else:
         data_dir = out / "data"
+        if (data_dir / "schema.json").exists() and any((out / "runs").glob("*/*/*/*.json")):
+            claim_output_data(out, data_dir)  # runs exist: their data must not be replaced
         meta = ensure_data(data_dir, args.rows, seed=0, scale=args.scale, profile=args.profile)
+        claim_output_data(out, data_dir)
     gen = meta.get("generator") or {}
     if "teacher_auc" in gen:
         print(f"[exp] teacher AUC (the best achievable on this data): {gen['teacher_auc']:.4f}", flush=True)

@@ -42,3 +42,13 @@ def test_data_directory_names_the_profile(tmp_path):
     assert v1.name == "data_1000_scale0.0005_seed0" and v2.name == "data_1000_scale0.0005_seed0_v2"
     for path, profile in ((v1, "v1"), (v2, "v2")):
         assert json.loads((path / "report.json").read_text())["knobs"]["profile"] == profile
+
+
+def test_grid_directory_refuses_data_of_another_profile(tmp_path):
+    argv = ["--out", str(tmp_path / "ue"), "--rows", "2000", "--scale", "0.0005", "--models", "deepfm",
+            "--methods", "hash", "--compressions", "10", "--seeds", "0", "--dim", "4",
+            "--batch-size", "500", "--threads", "1"]
+    assert ue.main(argv + ["--profile", "v1"]) == 0
+    # the same command after the default profile changed must not mix v2 runs into the v1 grid
+    with pytest.raises(ValueError, match="profile: 'v1' -> 'v2'"):
+        ue.main(argv + ["--profile", "v2"])

@@ -114,3 +114,16 @@ def test_tsv_num_files(tmp_path):
     assert [f.rsplit("/", 1)[1] for f in rep.files] == ["day_0", "day_1", "day_2"]
     prep = prepare_criteo(rep.files, tmp_path / "p", split="by_file", min_count=1)
     assert prep.rows["train"] == 2000 and prep.rows["val"] + prep.rows["test"] == 1000
+
+
+def test_v1_reproduces_the_generator_before_profiles(tmp_path):
+    # Golden value taken from the generator at commit 72bf168 (before profiles existed), on which
+    # the v1 results were measured: every array of every split, hashed.
+    import hashlib
+
+    rep = generate(tmp_path / "g", rows=70_000, scale=0.002, small_field_max=2000, seed=3, profile="v1")
+    h = hashlib.sha256()
+    for s in ("train", "val", "test"):
+        for n in ("labels", "dense", "sparse", "teacher"):
+            h.update(np.ascontiguousarray(np.load(tmp_path / "g" / s / f"{n}.npy")).tobytes())
+    assert h.hexdigest()[:16] == "220457e877f73623" and rep.teacher_auc == 0.79052

@@ -384,3 +384,19 @@ def test_experiment_data_is_regenerated_for_another_profile(tmp_path):
     meta = oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v2")  # not the v1 data again
     assert meta["generator"]["profile"] == "v2"
     assert json.loads((d / "experiment_params.json").read_text())["profile"] == "v2"
+
+
+def test_experiment_directory_keeps_one_dataset(tmp_path):
+    from slimembed.ctr.experiment import claim_output_data
+    from slimembed.search import optembed_experiment as oe
+
+    out = tmp_path / "exp"
+    d = out / "data"
+    oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v1")
+    claim_output_data(out, d)  # what main() does once the data is there
+    with pytest.raises(ValueError, match="holds runs on it"):
+        oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v2")  # would replace the runs' data
+    other = tmp_path / "other"
+    oe.ensure_data(other, 1000, seed=0, scale=0.0005, profile="v2")
+    with pytest.raises(ValueError, match="profile: 'v1' -> 'v2'"):
+        claim_output_data(out, other)

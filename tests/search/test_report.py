@@ -229,9 +229,25 @@ def test_example_memory_vs_auc(tmp_path):
 def test_benchmark_refuses_data_of_another_profile(bench_data, tmp_path):
     from slimembed.search.benchmark import ensure_data
 
-    cfg = bench_config(bench_data, tmp_path / "g", generate={"rows": 2500, "seed": 0})
-    ensure_data(cfg)  # the default profile: the data's own
-    for gen, key in (({"rows": 2500, "seed": 0, "profile": "v1"}, "profile: config 'v1', data 'v2'"),
-                     ({"rows": 9999, "seed": 0}, "rows: config 9999, data 2500")):
+    same = {"rows": 2500, "scale": 0.0001, "small_field_max": 100, "seed": 0}
+    ensure_data(bench_config(bench_data, tmp_path / "g", generate=same))  # the default profile: the data's own
+    for gen, key in (({**same, "profile": "v1"}, "profile: config 'v1', data 'v2'"),
+                     ({**same, "rows": 9999}, "rows: config 9999, data 2500")):
         with pytest.raises(ValueError, match=key):
             ensure_data(bench_config(bench_data, tmp_path / "g", generate=gen))
+
+
+def test_benchmark_profile_check_sees_knobs_and_defaults(tmp_path):
+    from slimembed.datasets import generate
+    from slimembed.search.benchmark import ensure_data
+
+    d = tmp_path / "data"
+    generate(str(d), rows=500, scale=0.0001, small_field_max=100, seed=0, interaction_std=0.5)
+    ok = {"rows": 500, "scale": 0.0001, "small_field_max": 100, "interaction_std": 0.5}
+    ensure_data(bench_config(str(d), tmp_path / "g", generate=ok))
+    # the knob the config leaves at the profile's value, and a default it leaves out, both count
+    for gen, key in (({**ok, "interaction_std": None}, "interaction_std: config 0.3, data 0.5"),
+                     ({k: v for k, v in ok.items() if k != "small_field_max"}, "small_field_max: config 10000")):
+        gen = {k: v for k, v in gen.items() if v is not None}
+        with pytest.raises(ValueError, match=key):
+            ensure_data(bench_config(str(d), tmp_path / "g", generate=gen))
