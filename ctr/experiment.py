@@ -244,14 +244,14 @@ def data_identity(path: Union[str, Path]) -> Dict[str, Any]:
     is ``v1``); for other data its source and split sizes."""
     import json
 
+    from slimembed.datasets.synthetic import generator_meta
+
     meta = json.loads((Path(path) / "schema.json").read_text()).get("meta", {})
     gen = meta.get("generator")
     if gen is None:
         return {"source": meta.get("source"), "splits": meta.get("splits")}
-    keep = {k: v for k, v in gen.items() if k not in ("bias", "teacher_auc", "cardinalities", "missing_rates")}
-    keep.setdefault("profile", "v1")
-    keep.setdefault("dense_missing", "own")
-    return keep
+    return {k: v for k, v in generator_meta(gen).items()
+            if k not in ("bias", "teacher_auc", "cardinalities", "missing_rates")}
 
 
 def claim_output_data(out: Union[str, Path], data: Union[str, Path]) -> None:

@@ -73,9 +73,7 @@ def run_name(model: str, method: str, compression: Optional[float], seed: int) -
 
 def ensure_data(out: Path, rows: int, scale: float, data_seed: int, profile: Optional[str] = None) -> Path:
     """The synthetic dataset of this grid (generated once; reused when its knobs match)."""
-    from slimembed.datasets import generate
-
-    from slimembed.datasets import DEFAULT_PROFILE
+    from slimembed.datasets import DEFAULT_PROFILE, generate
 
     profile = profile or DEFAULT_PROFILE
     # v1 data keeps its old directory name, so earlier grids resume on the data they started with

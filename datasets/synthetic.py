@@ -61,7 +61,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -108,6 +108,16 @@ PROFILES: Dict[str, Dict[str, Any]] = {
            "interaction_std": 0.3, "dense_std": 0.5, "noise_std": 0.0, "dense_missing": "zero"},
 }
 DEFAULT_PROFILE = "v2"
+#: The teacher's two treatments of a missing I-field (see :class:`Teacher`).
+DENSE_MISSING = ("own", "zero")
+#: What the ``meta.generator`` of data made before profiles existed leaves out: it is v1 data.
+_PRE_PROFILE_META = {"profile": "v1", "dense_missing": "own"}
+
+
+def generator_meta(meta: Mapping[str, Any]) -> Dict[str, Any]:
+    """A processed dataset's ``schema.json`` ``meta.generator``, with the keys that data generated
+    before profiles existed lacks filled in with their (v1) values."""
+    return {**_PRE_PROFILE_META, **meta}
 
 
 def resolve_profile(profile: str, **overrides: Any) -> Dict[str, Any]:
@@ -120,8 +130,8 @@ def resolve_profile(profile: str, **overrides: Any) -> Dict[str, Any]:
     knobs = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
     for k, v in knobs.items():
         if k == "dense_missing":
-            if v not in ("own", "zero"):
-                raise ValueError(f"teacher knob dense_missing must be 'own' or 'zero', got {v!r}")
+            if v not in DENSE_MISSING:
+                raise ValueError(f"teacher knob dense_missing must be one of {DENSE_MISSING}, got {v!r}")
         elif k == "latent_dim":
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"teacher knob latent_dim must be an integer >= 1, got {v!r}")
@@ -133,13 +143,12 @@ def resolve_profile(profile: str, **overrides: Any) -> Dict[str, Any]:
 def parse_knob(profile: str, item: str) -> Tuple[str, Any]:
     """``"NAME=VALUE"`` (command-line form) -> ``(NAME, VALUE)`` typed like the profile's knob:
     ``latent_dim`` an integer, ``dense_missing`` a string, the others floats."""
+    base = resolve_profile(profile)
     name, sep, value = item.partition("=")
     name, value = name.strip(), value.strip()
-    if profile not in PROFILES:
-        raise ValueError(f"unknown synthetic profile {profile!r}; expected one of {sorted(PROFILES)}")
-    if not sep or not value or name not in PROFILES[profile]:
-        raise ValueError(f"--knob {item!r}: expected NAME=VALUE with NAME one of {sorted(PROFILES[profile])}")
-    kind = type(PROFILES[profile][name])
+    if not sep or not value or name not in base:
+        raise ValueError(f"--knob {item!r}: expected NAME=VALUE with NAME one of {sorted(base)}")
+    kind = type(base[name])
     try:
         typed = value if kind is str else kind(float(value)) if kind is float else int(value)
     except ValueError:
@@ -249,8 +258,8 @@ class Teacher:
             raise ValueError(f"zipf_exponent must be > 0, got {zipf_exponent}")
         if not 0 < target_ctr < 1:
             raise ValueError(f"target_ctr must be in (0, 1), got {target_ctr}")
-        if dense_missing not in ("own", "zero"):
-            raise ValueError(f"dense_missing must be 'own' or 'zero', got {dense_missing!r}")
+        if dense_missing not in DENSE_MISSING:
+            raise ValueError(f"dense_missing must be one of {DENSE_MISSING}, got {dense_missing!r}")
         self.dense_missing = dense_missing
         if len(missing_rates) != len(cardinalities):
             raise ValueError("missing_rates needs one rate per categorical field")

@@ -28,7 +28,7 @@ TARGET_FOLD10 = (0.005, 0.02)  # AUC a 10x fold loses (real Criteo, hashing at ~
 
 
 def main() -> None:
-    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, parse_knob
+    from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, generator_meta, parse_knob
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2_000_000)
@@ -57,11 +57,11 @@ def main() -> None:
         rep = generate(str(data), rows=a.rows, seed=a.seed, profile=a.profile, progress=True, **kw)
         print(f"generated {a.rows:,} rows: teacher AUC {rep.teacher_auc:.4f}, CTR {rep.ctr:.3f}")
     else:
-        made = json.loads((data / "schema.json").read_text())["meta"]["generator"]
+        made = generator_meta(json.loads((data / "schema.json").read_text())["meta"]["generator"])
         if a.knob:
             p.error(f"--knob needs a fresh dataset, but {data} exists")
-        if made.get("profile", "v1") != a.profile:  # data from before profiles existed is v1
-            p.error(f"{data} holds profile {made.get('profile', 'v1')} data, not --profile {a.profile}")
+        if made["profile"] != a.profile:
+            p.error(f"{data} holds profile {made['profile']} data, not --profile {a.profile}")
     runs = [("full", None, 0, "deepfm")] + [(f"fold{f}_min{m}", f, m, "deepfm")
                                            for m in a.fold_min_rows for f in a.folds]
     if not a.no_lr:
@@ -81,7 +81,7 @@ def main() -> None:
             print(f"[calibrate] training {model}, {name} ...", flush=True)
             rec = run_experiment(cfg)
         results[name] = rec
-    meta = json.loads((data / "schema.json").read_text())["meta"]["generator"]
+    meta = generator_meta(json.loads((data / "schema.json").read_text())["meta"]["generator"])
     text = summary(results, meta, a)
     print("\n" + text)
     (out / "summary.md").write_text(text + "\n")
@@ -91,12 +91,12 @@ def summary(results: dict, meta: dict, a: argparse.Namespace) -> str:
     """The calibration table and the targets, as markdown."""
     teacher = meta["teacher_auc"]
     full = results["full"]["metrics"]["test"]["auc"]
-    knobs = ", ".join(f"{k} {meta.get(k, 'own')}" for k in (
+    knobs = ", ".join(f"{k} {meta[k]}" for k in (
         "zipf_exponent", "signal_gamma", "first_order_std", "interaction_std", "dense_std", "noise_std",
-        "dense_missing"))  # generators before profiles had no dense_missing knob: "own"
+        "dense_missing"))
     lines = [f"DeepFM {a.hidden}, {a.epochs} epoch(s), batch {a.batch_size}, embeddings by {a.embedding_optimizer}",
              "",
-             f"synthetic Criteo-like data: {meta['rows']:,} rows, profile {meta.get('profile', 'v1')} "
+             f"synthetic Criteo-like data: {meta['rows']:,} rows, profile {meta['profile']} "
              f"({knobs}), teacher AUC {teacher:.4f}",
              "",
              "| run | test AUC | AUC - full | AUC - teacher | logloss | table bytes | compression |",

@@ -196,10 +196,11 @@ def ensure_data(cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> N
 def _check_generated(path: Path, gen: Mapping[str, Any]) -> None:
     """Existing synthetic data at ``path`` must be what ``generate`` asks for (rows, seed, profile,
     knobs): a grid never trains on data of another profile without saying so."""
+    from slimembed.ctr.experiment import data_identity
     from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, generate, resolve_profile
 
-    meta = json.loads((path / "schema.json").read_text()).get("meta", {}).get("generator")
-    if meta is None:  # not synthetic: `generate` only says how to make the data when it is missing
+    have = data_identity(path)
+    if "profile" not in have:  # not synthetic: `generate` only says how to make the data when it is missing
         return
     # everything `generate` would use: its defaults, the profile's knobs, then what the config says
     defaults = {k: p.default for k, p in inspect.signature(generate).parameters.items()
@@ -208,7 +209,6 @@ def _check_generated(path: Path, gen: Mapping[str, Any]) -> None:
     profile = want.pop("profile", DEFAULT_PROFILE)
     overrides = {k: want.pop(k) for k in list(want) if k in PROFILES.get(profile, {})}
     want.update(resolve_profile(profile, **overrides), profile=profile)
-    have = {"profile": "v1", "dense_missing": "own", **meta}  # data from before profiles existed is v1
     diff = {k: (v, have[k]) for k, v in want.items() if k in have and have[k] != v}
     if diff:
         detail = ", ".join(f"{k}: config {a!r}, data {b!r}" for k, (a, b) in sorted(diff.items()))
