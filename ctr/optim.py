@@ -451,17 +451,17 @@ def build_optimizers(
     if dense_params:
         members["dense"] = torch.optim.Adam(dense_params, lr=lr, betas=betas, weight_decay=wd)
     if emb_params:
-        extra = {} if emb_eps is None else {"eps": float(emb_eps)}
+        eps = {} if emb_eps is None else {"eps": float(emb_eps)}
         if name == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(
-                emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **extra
+                emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **eps
             )
         elif name == "sparse_adam":
-            opt = LazySparseAdam(emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **extra)
+            opt = LazySparseAdam(emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **eps)
         elif name == "rowwise_adagrad":
-            opt = RowWiseAdagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **extra)
+            opt = RowWiseAdagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **eps)
         else:
-            opt = L2Adagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **extra)
+            opt = L2Adagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **eps)
         members["embedding"] = opt
     members.update(extra or {})
     if not members:
