@@ -30,7 +30,14 @@ dense Adam decays every row every step.
 
 Example::
 
+    >>> from slimembed.ctr.models import make_model
+    >>> from slimembed.tables import Feature
+    >>> factory = table_factory_for("rowwise_adagrad")          # tables built sparse=True
+    >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, table_factory=factory, hidden_units=[8])
     >>> opt = build_optimizers(model, {"lr": 1e-3, "embedding_optimizer": "rowwise_adagrad"})
+    >>> opt
+    OptimizerSet(dense=Adam, embedding=RowWiseAdagrad)
+    >>> loss = model(torch.randn(3, 2), torch.randint(0, 10, (3, 1))).sum()
     >>> loss.backward(); opt.step(); opt.zero_grad()
 """
 
@@ -290,8 +297,11 @@ class OptimizerSet:
 
     Example::
 
-        >>> opt = OptimizerSet({"dense": adam, "embedding": rowwise})
-        >>> opt.step(); opt.zero_grad()
+        >>> w, rows = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(4, 2))
+        >>> opt = OptimizerSet({"dense": torch.optim.Adam([w]), "embedding": RowWiseAdagrad([rows])})
+        >>> (w.sum() + rows[1].sum()).backward(); opt.step(); opt.zero_grad()
+        >>> opt.names, len(opt.state)
+        (['dense', 'embedding'], 2)
     """
 
     def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:

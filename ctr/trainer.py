@@ -25,10 +25,19 @@ checkpoints skip the batches already seen, which needs a loader whose order depe
 
 Example::
 
-    >>> cfg = TrainConfig(epochs=3, lr=1e-3, embedding_optimizer="sparse_adam", checkpoint_dir="runs/a")
-    >>> model = make_model("deepfm", features, 13, table_factory=table_factory_for(cfg.embedding_optimizer))
-    >>> record = train_and_evaluate(model, train_loader, val_loader, test_loader, config=cfg)
-    >>> record["metrics"]["test"]["auc"]
+    >>> from slimembed.ctr.models import make_model
+    >>> from slimembed.ctr.optim import table_factory_for
+    >>> from slimembed.datasets import Batch
+    >>> from slimembed.tables import Feature
+    >>> seed_everything(0)
+    >>> batches = [Batch(torch.randn(16, 2), torch.randint(0, 10, (16, 1)), torch.randint(0, 2, (16,)).float())
+    ...            for _ in range(4)]
+    >>> cfg = TrainConfig(epochs=2, embedding_optimizer="sparse_adam", progress=False)
+    >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, hidden_units=[8],
+    ...                    table_factory=table_factory_for(cfg.embedding_optimizer))
+    >>> record = train_and_evaluate(model, batches, batches[:2], batches[2:], config=cfg)
+    >>> record["steps"], record["metrics"]["test"]["num_samples"]
+    (8, 32)
 """
 
 from __future__ import annotations
@@ -298,10 +307,16 @@ class Trainer:
 
     Example::
 
-        >>> trainer = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2))
-        >>> history = trainer.fit()
-        >>> trainer.evaluate(test_loader)
-        {'auc': 0.79..., 'logloss': 0.45..., 'num_samples': ...}
+        >>> from slimembed.ctr.models import make_model
+        >>> from slimembed.datasets import Batch
+        >>> from slimembed.tables import Feature
+        >>> batches = [Batch(torch.randn(8, 2), torch.randint(0, 10, (8, 1)), torch.tensor([0., 1.] * 4))] * 3
+        >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, hidden_units=[8])
+        >>> trainer = Trainer(model, batches, batches, TrainConfig(epochs=2, progress=False))
+        >>> [h["step"] for h in trainer.fit()], trainer.runtime.name
+        ([3, 6], 'local')
+        >>> sorted(trainer.evaluate(batches))
+        ['auc', 'logloss', 'num_samples']
     """
 
     def __init__(

@@ -8,7 +8,7 @@ before sharding. Needs torchrec.
 Example::
 
     >>> import torch
-    >>> from slimembed.tables import Feature, make_table
+    >>> from slimembed.tables import Feature, TorchrecFullTable, make_table
     >>> full = make_table("full", [Feature("C0", 10, 4), Feature("C1", 6, 4)])
     >>> t = TorchrecFullTable.from_full(full)
     >>> ids = torch.tensor([[3, 5], [0, 1]])
