@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from .base import Device, ProcessGroupRuntime
-from .comm import DistributedConfig, all_gather_1d, get_world_size, is_main_process
+from .comm import all_gather_1d, get_world_size
 
 logger = logging.getLogger("slimembed.ctr.runtime")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .base import Device, Runtime
