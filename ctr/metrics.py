@@ -171,25 +171,79 @@ def evaluate(
     loader: Iterable[Any],
     device: Optional[Union[str, torch.device]] = None,
     max_batches: Optional[int] = None,
+    runtime: Any = None,
 ) -> Dict[str, float]:
     """AUC and logloss of ``model`` (``forward(dense, sparse) -> logits [B]``) over ``loader``.
 
-    The model is put in eval mode for the pass and its previous mode is restored afterwards.
-    Returns ``{"auc", "logloss", "num_samples"}``.
+    The one evaluation loop of the package. ``runtime`` (a :class:`~slimembed.ctr.runtime.Runtime`;
+    default: :func:`~slimembed.ctr.runtime.runtime_for` ``(model)``, the local runtime unless a
+    process group is up) supplies the reductions. Each rank runs its own batches (a loader sharded
+    by rank), the logits ``[N_r]`` and labels ``[N_r]`` of every rank are all-gathered and the exact
+    AUC and logloss computed on all of them: every rank returns the same
+    ``{"auc", "logloss", "num_samples"}``, equal to one process evaluating the whole set (AUC is
+    never averaged over ranks). Under a process group every rank must call it. ``max_batches``
+    caps each rank's batches. With sharded tables every forward is a collective, so ranks step in
+    lockstep (a rank out of batches repeats a batch whose outputs are dropped). The wrapped model's
+    inner module runs in eval mode and its previous mode is restored afterwards.
+
+    Example::
+
+        >>> class FirstDense(nn.Module):
+        ...     def forward(self, dense, sparse):
+        ...         return dense[:, 0]
+        >>> batches = [(torch.tensor([[2.0], [-1.0]]), None, torch.tensor([1.0, 0.0]))]
+        >>> r = evaluate(FirstDense(), batches)
+        >>> r["auc"], round(r["logloss"], 4), r["num_samples"]
+        (1.0, 0.2201, 2)
     """
-    was_training = model.training
-    model.eval()
-    ev = StreamingEvaluator()
+    if runtime is None:
+        from .runtime import runtime_for
+
+        runtime = runtime_for(model)
+    limit = None if max_batches is None else int(max_batches)
+    inner = runtime.unwrap(model)
+    lockstep = runtime.is_sharded(inner)
+    was_training = inner.training
+    inner.eval()
+    logits: List[Tensor] = []
+    labels: List[Tensor] = []
     try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
+        it = iter(loader)
+        pending = None if limit == 0 else next(it, None)
+        dummy = pending
+        if lockstep:  # a rank without any batch borrows the first batch of the first rank with one
+            has = runtime.all_gather_1d(torch.tensor([0 if pending is None else 1], dtype=torch.long)).tolist()
+            if 0 in has and 1 in has:
+                first = runtime.broadcast_object(pending, src=has.index(1))
+                dummy = first if dummy is None else dummy
+        i = 0
+        while True:
+            if pending is not None:
+                batch, pending = pending, None
+            else:
+                batch = None if (limit is not None and i >= limit) else next(it, None)
+            if lockstep:
+                if runtime.all_reduce_sum([0.0 if batch is None else 1.0])[0] == 0:
+                    break
+                if batch is None:  # keep the collectives in step; the outputs are dropped
+                    dense, sparse, _ = _batch_parts(batch_to_device(dummy, device))
+                    inner(dense, sparse)
+                    continue
+            elif batch is None:
                 break
-            batch = batch_to_device(batch, device)
-            dense, sparse, labels = _batch_parts(batch)
-            ev.update(model(dense, sparse), labels)
+            dense, sparse, y = _batch_parts(batch_to_device(batch, device))
+            logits.append(inner(dense, sparse).detach().reshape(-1).float().cpu())
+            labels.append(y.detach().reshape(-1).float().cpu())
+            i += 1
     finally:
-        model.train(was_training)
-    return ev.compute()
+        inner.train(was_training)
+    z = runtime.all_gather_1d(torch.cat(logits) if logits else torch.empty(0))
+    y = runtime.all_gather_1d(torch.cat(labels) if labels else torch.empty(0))
+    n = int(z.numel())
+    if n == 0:
+        return {"auc": float("nan"), "logloss": float("nan"), "num_samples": 0}
+    loss = float(F.binary_cross_entropy_with_logits(z.double(), y.double(), reduction="sum")) / n
+    return {"auc": auc(y, z), "logloss": loss, "num_samples": n}
 
 
 def is_better(new: float, best: Optional[float], min_delta: float = 0.0) -> bool:

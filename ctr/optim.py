@@ -30,7 +30,14 @@ dense Adam decays every row every step.
 
 Example::
 
+    >>> from slimembed.ctr.models import make_model
+    >>> from slimembed.tables import Feature
+    >>> factory = table_factory_for("rowwise_adagrad")          # tables built sparse=True
+    >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, table_factory=factory, hidden_units=[8])
     >>> opt = build_optimizers(model, {"lr": 1e-3, "embedding_optimizer": "rowwise_adagrad"})
+    >>> opt
+    OptimizerSet(dense=Adam, embedding=RowWiseAdagrad)
+    >>> loss = model(torch.randn(3, 2), torch.randint(0, 10, (3, 1))).sum()
     >>> loss.backward(); opt.step(); opt.zero_grad()
 """
 
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -290,8 +297,11 @@ class OptimizerSet:
 
     Example::
 
-        >>> opt = OptimizerSet({"dense": adam, "embedding": rowwise})
-        >>> opt.step(); opt.zero_grad()
+        >>> w, rows = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(4, 2))
+        >>> opt = OptimizerSet({"dense": torch.optim.Adam([w]), "embedding": RowWiseAdagrad([rows])})
+        >>> (w.sum() + rows[1].sum()).backward(); opt.step(); opt.zero_grad()
+        >>> opt.names, len(opt.state)
+        (['dense', 'embedding'], 2)
     """
 
     def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
@@ -354,12 +364,15 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if v is None else v
 
 
-def split_parameters(model: nn.Module) -> Tuple[List[nn.Module], List[nn.Parameter], List[nn.Parameter]]:
+def split_parameters(
+    model: nn.Module, exclude: Iterable[Tensor] = ()
+) -> Tuple[List[nn.Module], List[nn.Parameter], List[nn.Parameter]]:
     """``(tables, embedding_params, dense_params)`` of ``model``.
 
     Uses the model's ``embedding_tables()`` when it has one, else every outermost
     :class:`~slimembed.tables.EmbeddingTable` submodule. Dense parameters are all the others
-    (``dense_parameters()`` is cross-checked when present). Shared parameters count once.
+    (``dense_parameters()`` is cross-checked when present). Shared parameters count once;
+    parameters in ``exclude`` (trained elsewhere, e.g. by a fused kernel) are in neither list.
     """
     from slimembed.tables import EmbeddingTable
 
@@ -368,7 +381,7 @@ def split_parameters(model: nn.Module) -> Tuple[List[nn.Module], List[nn.Paramet
     else:
         found = [m for m in model.modules() if isinstance(m, EmbeddingTable)]
         tables = [t for t in found if not any(t is not o and t in set(o.modules()) for o in found)]
-    seen: set = set()
+    seen: set = {id(p) for p in exclude}
     emb: List[nn.Parameter] = []
     for t in tables:
         for p in t.parameters():
@@ -391,8 +404,14 @@ def split_parameters(model: nn.Module) -> Tuple[List[nn.Module], List[nn.Paramet
     return tables, emb, dense
 
 
-def build_optimizers(model: nn.Module, cfg: Any) -> OptimizerSet:
+def build_optimizers(
+    model: nn.Module, cfg: Any, *, exclude: Iterable[Tensor] = (), extra: Optional[Mapping[str, Any]] = None
+) -> OptimizerSet:
     """Build the optimizers for ``model`` from a config dict (or a ``TrainConfig``).
+
+    The one place optimizers are built; a runtime that trains some parameters itself (torchrec's
+    fused kernels for sharded tables) passes them as ``exclude`` and its optimizer in ``extra``
+    (``{"fused": ...}``, appended after ``"dense"`` and ``"embedding"``).
 
     Keys (all optional):
         lr (1e-3), weight_decay (0), betas ((0.9, 0.999)): the dense ``Adam``;
@@ -403,6 +422,14 @@ def build_optimizers(model: nn.Module, cfg: Any) -> OptimizerSet:
 
     Returns an :class:`OptimizerSet` with members ``"dense"`` and ``"embedding"`` (either is left
     out when it has no parameters). Raises if a ``sparse=True`` table meets ``adam``.
+
+    Example::
+
+        >>> from slimembed.ctr.models import make_model
+        >>> from slimembed.tables import Feature
+        >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, hidden_units=[8])
+        >>> build_optimizers(model, {"embedding_optimizer": "adam"})
+        OptimizerSet(dense=Adam, embedding=Adam)
     """
     name = _get(cfg, "embedding_optimizer", "adam")
     _check_name(name)
@@ -414,7 +441,7 @@ def build_optimizers(model: nn.Module, cfg: Any) -> OptimizerSet:
     emb_wd = float(_get(cfg, "embedding_weight_decay", wd))
     emb_eps = _get(cfg, "embedding_eps", None)
 
-    tables, emb_params, dense_params = split_parameters(model)
+    tables, emb_params, dense_params = split_parameters(model, exclude)
     sparse_tables = [type(t).__name__ for t in tables if getattr(t, "sparse", False)]
     if name == "adam" and sparse_tables:
         raise ValueError(
@@ -430,22 +457,23 @@ def build_optimizers(model: nn.Module, cfg: Any) -> OptimizerSet:
                 f"gradients are used (correct but slower); build them with table_kwargs_for({name!r})"
             )
 
-    members: Dict[str, torch.optim.Optimizer] = {}
+    members: Dict[str, Any] = {}  # torch optimizers, plus extra (e.g. a fused one)
     if dense_params:
         members["dense"] = torch.optim.Adam(dense_params, lr=lr, betas=betas, weight_decay=wd)
     if emb_params:
-        extra = {} if emb_eps is None else {"eps": float(emb_eps)}
+        eps = {} if emb_eps is None else {"eps": float(emb_eps)}
         if name == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(
-                emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **extra
+                emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **eps
             )
         elif name == "sparse_adam":
-            opt = LazySparseAdam(emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **extra)
+            opt = LazySparseAdam(emb_params, lr=emb_lr, betas=betas, weight_decay=emb_wd, **eps)
         elif name == "rowwise_adagrad":
-            opt = RowWiseAdagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **extra)
+            opt = RowWiseAdagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **eps)
         else:
-            opt = L2Adagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **extra)
+            opt = L2Adagrad(emb_params, lr=emb_lr, weight_decay=emb_wd, **eps)
         members["embedding"] = opt
+    members.update(extra or {})
     if not members:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return OptimizerSet(members)

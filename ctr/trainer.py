@@ -1,5 +1,5 @@
 """The CTR trainer: BCE-with-logits, Adam + a table optimizer, early stopping on validation AUC,
-exact resume from checkpoints, progress bars and a JSON result record (DESIGN §4).
+exact resume from checkpoints, progress bars and a JSON result record (``docs/architecture.md`` §4).
 
 A model is any ``nn.Module`` with ``forward(dense [B, n_dense], sparse [B, F] | KJT) -> logits [B]``
 (``slimembed.ctr.models`` adds ``embedding_tables()`` / ``dense_parameters()``, used to split the
@@ -25,10 +25,19 @@ checkpoints skip the batches already seen, which needs a loader whose order depe
 
 Example::
 
-    >>> cfg = TrainConfig(epochs=3, lr=1e-3, embedding_optimizer="sparse_adam", checkpoint_dir="runs/a")
-    >>> model = make_model("deepfm", features, 13, table_factory=table_factory_for(cfg.embedding_optimizer))
-    >>> record = train_and_evaluate(model, train_loader, val_loader, test_loader, config=cfg)
-    >>> record["metrics"]["test"]["auc"]
+    >>> from slimembed.ctr.models import make_model
+    >>> from slimembed.ctr.optim import table_factory_for
+    >>> from slimembed.datasets import Batch
+    >>> from slimembed.tables import Feature
+    >>> seed_everything(0)
+    >>> batches = [Batch(torch.randn(16, 2), torch.randint(0, 10, (16, 1)), torch.randint(0, 2, (16,)).float())
+    ...            for _ in range(4)]
+    >>> cfg = TrainConfig(epochs=2, embedding_optimizer="sparse_adam", progress=False)
+    >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, hidden_units=[8],
+    ...                    table_factory=table_factory_for(cfg.embedding_optimizer))
+    >>> record = train_and_evaluate(model, batches, batches[:2], batches[2:], config=cfg)
+    >>> record["steps"], record["metrics"]["test"]["num_samples"]
+    (8, 32)
 """
 
 from __future__ import annotations
@@ -46,16 +55,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import distributed as _dist
-from .metrics import _batch_parts, batch_to_device, is_better
+from .metrics import _batch_parts, batch_to_device, evaluate, is_better
 from .optim import EMBEDDING_OPTIMIZERS, OptimizerSet
+from .runtime import Runtime, runtime_for
 
 logger = logging.getLogger("slimembed.ctr.trainer")
 
@@ -226,12 +235,6 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def _clone_state(module: nn.Module) -> Dict[str, Tensor]:
-    if _dist.is_initialized():
-        return _dist.clone_state(module)  # sharded tables: local shards
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 def _as_optimizer_set(optimizers: Any) -> OptimizerSet:
     if isinstance(optimizers, OptimizerSet):
         return optimizers
@@ -292,18 +295,28 @@ class Trainer:
         regularizer: ``fn(model) -> scalar Tensor`` added to the BCE loss (e.g. OptEmbed's
             threshold term).
 
-    Distributed (under ``torchrun``, see :mod:`slimembed.ctr.distributed`): pass the model wrapped
-    by :func:`~slimembed.ctr.distributed.wrap_model` (DDP or torchrec DMP) and loaders sharded by
-    rank. Training steps run through the wrapper; ``self.model`` is the unwrapped module
-    (checkpoints, best weights); evaluation gathers every rank's predictions; only rank 0 writes
-    files. Without a process group nothing changes.
+        runtime: how this process trains (:class:`~slimembed.ctr.runtime.Runtime`); default
+            :func:`~slimembed.ctr.runtime.runtime_for` ``(model)``.
+
+    Distributed (under ``torchrun``, see ``docs/distributed.md``): pass the model wrapped by
+    :func:`slimembed.ctr.runtime.wrap_model` (DDP or torchrec DMP) and loaders sharded by rank.
+    Training steps run through the wrapper; ``self.model`` is the unwrapped module (checkpoints,
+    best weights); the runtime gathers evaluation over ranks and lets only rank 0 write files.
+    Every runtime-dependent step goes through ``self.runtime``: the trainer has no distributed
+    branches.
 
     Example::
 
-        >>> trainer = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2))
-        >>> history = trainer.fit()
-        >>> trainer.evaluate(test_loader)
-        {'auc': 0.79..., 'logloss': 0.45..., 'num_samples': ...}
+        >>> from slimembed.ctr.models import make_model
+        >>> from slimembed.datasets import Batch
+        >>> from slimembed.tables import Feature
+        >>> batches = [Batch(torch.randn(8, 2), torch.randint(0, 10, (8, 1)), torch.tensor([0., 1.] * 4))] * 3
+        >>> model = make_model("deepfm", [Feature("C0", 10, 4)], 2, hidden_units=[8])
+        >>> trainer = Trainer(model, batches, batches, TrainConfig(epochs=2, progress=False))
+        >>> [h["step"] for h in trainer.fit()], trainer.runtime.name
+        ([3, 6], 'local')
+        >>> sorted(trainer.evaluate(batches))
+        ['auc', 'logloss', 'num_samples']
     """
 
     def __init__(
@@ -314,6 +327,7 @@ class Trainer:
         config: Union[TrainConfig, Mapping[str, Any], None] = None,
         optimizers: Any = None,
         regularizer: Optional[Callable[[nn.Module], Tensor]] = None,
+        runtime: Optional[Runtime] = None,
     ) -> None:
         if config is None:
             config = TrainConfig()
@@ -322,15 +336,16 @@ class Trainer:
         self.config: TrainConfig = config
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
-        self.device = _dist.resolve_device(config.device)
+        self.runtime: Runtime = runtime if runtime is not None else runtime_for(model)
+        self.device = self.runtime.resolve_device(config.device)
         # train_model: what a training step calls (a DDP/DMP wrapper, or the model itself);
         # model: the user's module (evaluation, checkpoints, best weights).
-        self.train_model = model if _dist.is_sharded(model) else model.to(self.device)
-        self.model = _dist.unwrap_model(self.train_model)
+        self.train_model = self.runtime.place(model, self.device)
+        self.model = self.runtime.unwrap(self.train_model)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.optimizer: OptimizerSet = (
-            _dist.build_optimizers(self.train_model, config) if optimizers is None
+            self.runtime.optimizers(self.train_model, config) if optimizers is None
             else _as_optimizer_set(optimizers)
         )
         self.regularizer = regularizer
@@ -379,7 +394,7 @@ class Trainer:
         loader = self.val_loader if loader is None else loader
         if loader is None:
             raise ValueError("no loader to evaluate: pass one or give the Trainer a val_loader")
-        return _dist.evaluate(self.model, loader, device=self.device, max_batches=max_batches)
+        return evaluate(self.model, loader, device=self.device, max_batches=max_batches, runtime=self.runtime)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Dict[str, Any]:
@@ -392,24 +407,20 @@ class Trainer:
                 loader_state = self.train_loader.state_dict()
             except Exception:  # torch DataLoader has none; others may refuse
                 loader_state = None
-        sharded = _dist.is_initialized() and _dist.is_sharded(self.model)
         best_state = None if best_is_current or not self.config.restore_best else self.best_state
-        if sharded:  # collective: the full weights and per-rank fused-optimizer state go to rank 0
-            model_state = _dist.full_state_dict(self.model)
-            best_state = None if best_state is None else _dist.full_state_dict(self.model, best_state)
-        else:
-            model_state = self.model.state_dict()
+        # collective under DMP: the full weights and per-rank fused-optimizer state go to rank 0
+        rt = self.runtime
         return {
             "version": CHECKPOINT_VERSION,
-            "model": model_state,
-            "optimizer": _dist.optimizer_state_for_checkpoint(self.optimizer),
+            "model": rt.model_state(self.model),
+            "optimizer": rt.optimizer_state(self.optimizer),
             "rng": get_rng_state(),
             "train_state": dataclasses.asdict(st),
             "loader_epoch": st.epoch,
             "loader_state": loader_state,
             # The best weights, unless they are the current ones (saves a model copy).
             "best_is_current": best_is_current,
-            "best_state": best_state,
+            "best_state": None if best_state is None else rt.model_state(self.model, best_state),
             "config": self.config.to_dict(),
         }
 
@@ -418,7 +429,7 @@ class Trainer:
         if path is None:
             return None
         ckpt = self.checkpoint()  # on every rank: collective for sharded models
-        if _dist.is_main_process():  # only rank 0 writes
+        if self.runtime.is_main:  # only rank 0 writes
             atomic_torch_save(ckpt, path)
         return path
 
@@ -427,38 +438,24 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: set config.checkpoint_dir")
-        # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        if _dist.is_initialized():  # rank 0 reads, every rank gets it (no shared storage needed)
-            ckpt = _dist.broadcast_object(
-                torch.load(path, map_location="cpu", weights_only=False) if _dist.is_main_process() else None)
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = self.runtime.read_checkpoint(path)  # rank 0 reads (on the CPU), every rank gets it
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} != {CHECKPOINT_VERSION}")
-        self._load_model_state(ckpt["model"])
-        if _dist.is_initialized():
-            _dist.load_optimizer_state(self.optimizer, ckpt["optimizer"])
-        else:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.runtime.load_model_state(self.model, ckpt["model"])
+        self.runtime.load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
         if ckpt["best_is_current"]:
-            self.best_state = _clone_state(self.model)
+            self.best_state = self.runtime.clone_state(self.model)
         else:
             self.best_state = ckpt["best_state"]
         if ckpt.get("loader_state") is not None and hasattr(self.train_loader, "load_state_dict"):
             self.train_loader.load_state_dict(ckpt["loader_state"])
         set_rng_state(ckpt["rng"])
 
-    def _load_model_state(self, state: Mapping[str, Any]) -> None:
-        if _dist.is_initialized() and _dist.is_sharded(self.model):
-            _dist.load_full_state_dict(self.model, state)  # each rank copies its shards
-        else:
-            self.model.load_state_dict(state)
-
     # ------------------------------------------------------------------ fit
     def _progress(self, total: Optional[int], initial: int, desc: str):
         enabled = self.config.progress if self.config.progress is not None else _is_tty()
-        enabled = enabled and _dist.is_main_process()
+        enabled = enabled and self.runtime.is_main
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
@@ -477,10 +474,8 @@ class Trainer:
         st = self.state
         st.last_eval_step = st.step
         self._flush_loss()
-        if _dist.is_initialized():  # the mean over every rank's steps: the global-batch loss
-            train_loss = _dist.reduce_mean(st.window_loss, st.window_steps)
-        else:
-            train_loss = st.window_loss / st.window_steps if st.window_steps else float("nan")
+        # the mean over every rank's steps: the global-batch loss
+        train_loss = self.runtime.reduce_mean(st.window_loss, st.window_steps)
         st.window_loss, st.window_steps = 0.0, 0
         entry: Dict[str, Any] = {
             "epoch": st.epoch,  # completed epochs
@@ -499,7 +494,7 @@ class Trainer:
                 st.best_auc, st.best_step, st.best_epoch = metrics["auc"], st.step, st.epoch
                 st.bad_evals = 0
                 if self.config.restore_best:
-                    self.best_state = _clone_state(self.model)
+                    self.best_state = self.runtime.clone_state(self.model)
             else:
                 st.bad_evals += 1
                 patience = self.config.early_stop_patience
@@ -529,13 +524,13 @@ class Trainer:
         cfg = self.config
         resume = cfg.resume if resume is None else resume
         path = self.checkpoint_path
-        if resume and path is not None and _dist.broadcast_object(path.exists()):  # rank 0's view
+        if resume and path is not None and self.runtime.broadcast_object(path.exists()):  # rank 0's view
             self.load_checkpoint(path)
             logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
         else:
             seed_everything(cfg.seed)
         st = self.state
-        _dist.check_even_batches(self.train_loader)
+        self.runtime.check_even_batches(self.train_loader)
         self.train_model.train()
         length = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None  # type: ignore[arg-type]
 
@@ -593,7 +588,7 @@ class Trainer:
             self.save_checkpoint()
 
         if cfg.restore_best and self.best_state is not None:
-            self._load_model_state(self.best_state)
+            self.runtime.load_model_state(self.model, self.best_state)
         return st.history
 
 
@@ -608,6 +603,7 @@ def train_and_evaluate(
     optimizers: Any = None,
     regularizer: Optional[Callable[[nn.Module], Tensor]] = None,
     extra: Optional[Mapping[str, Any]] = None,
+    runtime: Optional[Runtime] = None,
 ) -> Dict[str, Any]:
     """Fit ``model``, evaluate the best weights on val and test, and return (and write) the record.
 
@@ -619,10 +615,10 @@ def train_and_evaluate(
     It is written to ``output_path`` (or ``config.output_path``, or
     ``checkpoint_dir/result.json``) when one is set. NaN becomes ``null``.
     """
-    from slimembed.tables import memory_report
-
     t0 = time.perf_counter()
-    trainer = Trainer(model, train_loader, val_loader, config, optimizers=optimizers, regularizer=regularizer)
+    trainer = Trainer(model, train_loader, val_loader, config, optimizers=optimizers, regularizer=regularizer,
+                      runtime=runtime)
+    rt = trainer.runtime
     cfg = trainer.config
     history = trainer.fit()
     st = trainer.state
@@ -632,15 +628,10 @@ def train_and_evaluate(
     if test_loader is not None:
         metrics["test"] = trainer.evaluate(test_loader)
     wall = time.perf_counter() - t0
-    distributed = _dist.is_initialized()
-    if distributed:  # every rank's samples; the class and sizes of the unwrapped, unsharded model
-        samples = int(_dist.all_reduce_sum([st.samples])[0])
-        model_info = {"class": type(trainer.model).__name__, "num_parameters": _dist.num_parameters(model)}
-        memory = _dist.memory_record(model, trainer.optimizer)
-    else:
-        samples = st.samples
-        model_info = {"class": type(model).__name__, "num_parameters": sum(p.numel() for p in model.parameters())}
-        memory = memory_report(model, trainer.optimizer).to_dict()
+    # every rank's samples; the class and sizes of the unwrapped, unsharded model
+    samples = int(rt.all_reduce_sum([st.samples])[0])
+    model_info = {"class": type(trainer.model).__name__, "num_parameters": rt.num_parameters(model)}
+    memory = rt.memory_record(model, trainer.optimizer)
     record = {
         "config": cfg.to_dict(),
         "model": model_info,
@@ -663,14 +654,12 @@ def train_and_evaluate(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extra": dict(extra or {}),
     }
-    if distributed:
-        record["distributed"] = {"world_size": _dist.get_world_size(), "backend": str(_dist.dist.get_backend()),
-                                 **_dist.sharding_summary(model)}
+    record.update(rt.record_fields(model))  # e.g. {"distributed": {world_size, backend, plan, ...}}
     record = jsonable(record)
     out = output_path or cfg.output_path
     if out is None and cfg.checkpoint_dir is not None:
         out = Path(cfg.checkpoint_dir) / RESULT_NAME
-    if out is not None and _dist.is_main_process():  # only rank 0 writes
+    if out is not None and rt.is_main:  # only rank 0 writes
         atomic_write_json(record, out)
         record["output_path"] = str(out)
     return record

@@ -64,3 +64,4 @@ from .unified import SharedRowRemap, UnifiedEmbeddingBag, UnifiedTable  # noqa: 
 from .multiplexed import MultiplexedEmbeddingBag, MultiplexedTable  # noqa: E402
 
 __all__ += ["UnifiedTable", "UnifiedEmbeddingBag", "SharedRowRemap", "MultiplexedTable", "MultiplexedEmbeddingBag"]
+from .torchrec_full import TorchrecFullTable  # noqa: E402,F401  (unregistered: the DMP runtime builds it from FullTable)

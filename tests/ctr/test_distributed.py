@@ -252,3 +252,62 @@ def test_config_errors_say_what_and_why(tmp_path):
     reasons = D.sharding_candidates(W.build_model("ddp_hash"))
     assert set(reasons) == {"embedding", "first_order"} and all("gather engine" in r for r in reasons.values())
     assert all(r is None for r in D.sharding_candidates(W.build_model("dmp_unified_tw")).values())
+
+
+def test_runtime_is_picked_from_the_process_and_trainer_asks_it():
+    from slimembed.ctr.runtime import LocalRuntime, make_runtime, runtime_for
+    from slimembed.ctr.trainer import Trainer
+
+    model = W.build_model("ddp_hash")
+    assert isinstance(make_runtime({"sharding": "table_wise"}), LocalRuntime)  # no process group
+    rt = runtime_for(model)
+    assert rt.name == "local" and rt.is_main and rt.world_size == 1 and rt.reduce_mean(0.0, 0) != rt.reduce_mean(0.0, 0)
+    calls = []
+
+    class Spy(LocalRuntime):  # a runtime the trainer must go through for evaluation and state
+        def all_gather_1d(self, t):
+            calls.append("gather")
+            return t
+
+        def optimizers(self, model, train_config):
+            calls.append("optimizers")
+            return super().optimizers(model, train_config)
+
+    trainer = Trainer(model, W.train_batches()[:3], W.val_batches(), W.train_config("ddp_hash"), runtime=Spy())
+    trainer.fit()
+    assert "gather" in calls and "optimizers" in calls
+    with pytest.raises(RuntimeError, match="needs a process group"):
+        from slimembed.ctr.runtime import DDPRuntime
+
+        DDPRuntime()
+
+
+def test_shardability_is_the_tables_answer(monkeypatch):
+    from slimembed.ctr.runtime import shardability
+    from slimembed.tables import get_table_class
+
+    table = W.build_model("ddp_hash").embedding
+    monkeypatch.setattr(type(table), "why_not_shardable", lambda self: "asked the table", raising=False)
+    assert shardability.why_not_shardable(table) == "asked the table"
+    monkeypatch.setattr(get_table_class("tt"), "why_not_shardable_config",
+                        classmethod(lambda cls, cfg: f"asked the class with {sorted(cfg)}"), raising=False)
+    with pytest.raises(ValueError, match=r"'tt' cannot be sharded .*asked the class with \['rank'\]"):
+        D.check_method_shardable("tt", {"rank": 4})
+
+
+def test_torchrec_full_table_has_full_rows():
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from slimembed.tables import Feature, TorchrecFullTable, make_table
+
+    torch.manual_seed(0)
+    full = make_table("full", [Feature("C0", 7, 4), Feature("C1", 5, 4, pooling="mean")])
+    t = D.to_torchrec_full(full)
+    assert isinstance(t, TorchrecFullTable) and t.why_not_shardable() is None and t.method == "full"
+    ids = torch.tensor([[6, 4], [0, 1], [3, 0]])
+    assert torch.equal(t(ids), full(ids))  # [B, F, D]
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["C0", "C1"], values=torch.tensor([1, 2, 6, 4, 0, 3]),
+                                              lengths=torch.tensor([2, 1, 0, 1, 1, 1]))
+    assert torch.allclose(t(kjt).values(), full(kjt).values(), atol=1e-6)
+    with pytest.raises(ValueError, match="one embedding_dim"):
+        TorchrecFullTable([Feature("C0", 7, 4), Feature("C1", 5, 8)])
