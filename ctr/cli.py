@@ -48,9 +48,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         else:
             if not args.schema:
                 raise ValueError("--format table needs --schema FILE.yaml (label, dense, categorical, multi_valued)")
-            import yaml
+            from slimembed.ctr.config import load_config
 
-            spec = yaml.safe_load(Path(args.schema).read_text())
+            spec = load_config(args.schema, "table_schema")
         rep = prepare_table(args.inputs, args.out, spec, **common)
     print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
     return 0

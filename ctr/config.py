@@ -49,7 +49,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 __all__ = [
-    "ConfigError", "UserError", "KINDS", "EXPERIMENT_DEFAULTS", "load_config", "read_config_file",
+    "ConfigError", "ConfigPathError", "UserError", "KINDS", "EXPERIMENT_DEFAULTS", "load_config", "read_config_file",
     "parse_override", "deep_merge", "validate_experiment", "validate_table_section", "yaml_load",
 ]
 
@@ -72,6 +72,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A configuration that does not validate (a ``ValueError`` too, for callers that catch those)."""
+
+
+class ConfigPathError(ConfigError, FileNotFoundError):
+    """A config file, or a path a config names, that does not exist (a ``FileNotFoundError`` too)."""
 
 
 # ---------------------------------------------------------------------------------- YAML
@@ -106,7 +110,7 @@ def read_config_file(path: Union[str, Path], what: str = "config file") -> Dict[
     non-mapping contents are :class:`ConfigError`."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{what} {str(p)!r} does not exist")
+        raise ConfigPathError(f"{what} {str(p)!r} does not exist")
     if p.is_dir():
         raise ConfigError(f"{what} {str(p)!r} is a directory, not a YAML file")
     try:
@@ -277,10 +281,10 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _sections(cfg: Mapping[str, Any], allowed: Sequence[str], source: str, what: str = "section") -> None:
-    unknown = sorted(set(cfg) - set(allowed))
+def _sections(cfg: Mapping[str, Any], allowed: Sequence[str], source: str, what: str = "config sections") -> None:
+    unknown = sorted(map(str, set(cfg) - set(allowed)))
     if unknown:
-        raise ConfigError(f"{source}: unknown {what} {unknown[0]!r}; valid {what}s: {', '.join(allowed)}")
+        raise ConfigError(f"{source}: unknown {what} {unknown}; allowed: {', '.join(allowed)}")
 
 
 def _check(source: str, where: str, fn: Callable[[], Any]) -> Any:
@@ -394,7 +398,7 @@ def validate_experiment(cfg: Mapping[str, Any], source: str = "config", check_pa
         if path is None:
             raise ConfigError(f"{source}: data.path is required (a processed dataset directory; see `slimembed prepare`)")
         if not (Path(path) / "schema.json").exists():
-            raise ConfigError(f"{source}: data.path = {str(path)!r} is not a processed dataset (no schema.json); "
+            raise ConfigPathError(f"{source}: data.path = {str(path)!r} is not a processed dataset (no schema.json); "
                               "make one with `slimembed generate` or `slimembed prepare`")
     return out
 
@@ -420,7 +424,7 @@ def _partial_experiment(exp: Any, source: str, where: str = "experiment") -> Dic
         return exp  # type: ignore[return-value] - a file: loaded as kind "experiment" by its consumer
     if not isinstance(exp, Mapping):
         raise ConfigError(f"{source}: {where} must be a mapping or a YAML path, got {_fmt_value(exp)}")
-    _sections(exp, tuple(EXPERIMENT_DEFAULTS) + ("distributed",), source, f"{where} section")
+    _sections(exp, tuple(EXPERIMENT_DEFAULTS) + ("distributed",), source, f"{where} sections")
     out = dict(exp)
     if "data" in exp:
         out["data"] = _validate(_DATA_MODEL, exp["data"], f"{where}.data", source)
@@ -444,7 +448,7 @@ def _method_list(v: Any, source: str, where: str) -> None:
         available_methods).parameters else available_methods()
     for m in v:
         if m not in allowed:
-            raise ConfigError(f"{source}: {where} = {_fmt_value(m)}: unknown table method; available: "
+            raise ConfigError(f"{source}: {where}: unknown table method {_fmt_value(m)}; available: "
                               f"{', '.join(available_methods())}")
 
 
@@ -457,7 +461,7 @@ def _method_map(v: Any, source: str, where: str) -> None:
 
 
 def _sweep(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
-    _sections(cfg, SWEEP_SECTIONS, source)
+    _sections(cfg, SWEEP_SECTIONS, source, "sweep config sections")
     if cfg.get("experiment") is None:
         raise ConfigError(f"{source}: experiment is required (a `slimembed train` config: data, model, train)")
     cfg["experiment"] = _partial_experiment(cfg["experiment"], source)
@@ -478,12 +482,13 @@ _BENCHMARK_MODEL = _model("BenchmarkSchema", {
 
 
 def _benchmark(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
+    _sections(cfg, tuple(_BENCHMARK_MODEL.model_fields), source, "benchmark config sections")
     out = _validate(_BENCHMARK_MODEL, cfg, "", source)
     if out.get("experiment") is not None:
         out["experiment"] = _partial_experiment(out["experiment"], source)
     bad = [b for b in out.get("budgets") or [] if b <= 1]
     if bad:
-        raise ConfigError(f"{source}: budgets = {out['budgets']!r}: compression ratios must be > 1")
+        raise ConfigError(f"{source}: budgets = {out['budgets']!r}: budgets must be compression ratios > 1")
     _method_list(out.get("methods"), source, "methods")
     _method_map(out.get("exclude"), source, "exclude")
     _method_map(out.get("knobs"), source, "knobs")
@@ -496,7 +501,7 @@ OPTEMBED_SECTIONS = ("data", "model", "train", "optembed", "output")
 def _optembed(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
     from slimembed.search.optembed import PIPELINE_DEFAULTS, OptEmbedConfig
 
-    _sections(cfg, OPTEMBED_SECTIONS, source)
+    _sections(cfg, OPTEMBED_SECTIONS, source, "optembed config sections")
     cfg = deep_merge(PIPELINE_DEFAULTS, cfg)
     oe = _validate(_dataclass_model(OptEmbedConfig, "optembed"), cfg["optembed"], "optembed", source)
     oe_cfg = _check(source, "optembed", lambda: OptEmbedConfig(**oe))

@@ -442,38 +442,14 @@ def load_pipeline_config(path: Optional[PathLike] = None, overrides: Sequence[st
                          config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """A validated pipeline config from a YAML file and/or a dict, with ``section.key=value``
     overrides. Sections: ``data``, ``model``, ``train`` (as ``slimembed train``), ``optembed``
-    (:class:`OptEmbedConfig`), ``output`` (the output directory)."""
-    import yaml
+    (:class:`OptEmbedConfig`), ``output`` (the output directory); validated by
+    :func:`slimembed.ctr.config.load_config` (kind ``optembed``)."""
+    from slimembed.ctr.config import deep_merge, load_config, read_config_file
 
-    from slimembed.ctr.experiment import deep_merge, parse_override, validate_config
-
-    cfg: Dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        cfg = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(cfg, Mapping):
-            raise ValueError(f"config file {str(p)!r} must hold a mapping")
+    cfg: Dict[str, Any] = {} if path is None else read_config_file(path)
     if config is not None:
         cfg = deep_merge(cfg, config)
-    for item in overrides:
-        cfg = deep_merge(cfg, parse_override(item))
-    unknown = sorted(set(cfg) - set(PIPELINE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown config sections {unknown}; allowed: {sorted(PIPELINE_DEFAULTS)}")
-    cfg = deep_merge(PIPELINE_DEFAULTS, cfg)
-    oe = OptEmbedConfig.from_dict(cfg["optembed"])
-    cfg["optembed"] = oe.to_dict()
-    # data/model/train are validated exactly as `slimembed train` validates them
-    validate_config({"data": cfg["data"], "model": cfg["model"], "table": {"method": oe.variant},
-                     "train": cfg["train"], "output": None})
-    from slimembed.ctr.trainer import TrainConfig
-
-    TrainConfig.from_dict({**cfg["train"], **oe.retrain})
-    if cfg["output"] is None:
-        raise ValueError("output (the pipeline's directory) is required")
-    return cfg
+    return load_config(cfg, "optembed", overrides)
 
 
 def _comparable(cfg: Mapping[str, Any]) -> Dict[str, Any]:

@@ -139,36 +139,12 @@ def parse_bytes(v: Any) -> int:
 def load_sweep_config(source: Union[str, Path, Mapping[str, Any], None],
                       overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Read a sweep YAML (or take a dict), apply ``section.key=value`` overrides, fill defaults and
-    check the keys (what each section allows). The experiment is validated by :func:`prepare`."""
-    import yaml
+    check the keys and types (:func:`slimembed.ctr.config.load_config`, kind ``sweep``) and the
+    study's cross-key rules. The experiment is validated by :func:`prepare`."""
+    from slimembed.ctr.config import load_config
 
-    from slimembed.ctr.experiment import deep_merge, parse_override
-
-    if source is None:
-        cfg: Dict[str, Any] = {}
-    elif isinstance(source, Mapping):
-        cfg = copy.deepcopy(dict(source))
-    else:
-        p = Path(source)
-        if not p.exists():
-            raise FileNotFoundError(f"sweep config {str(p)!r} does not exist")
-        cfg = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(cfg, Mapping):
-            raise ValueError(f"sweep config {str(p)!r} must hold a mapping, got {type(cfg).__name__}")
-        cfg = dict(cfg)
-        if isinstance(cfg.get("experiment"), str) and not Path(cfg["experiment"]).is_absolute():
-            cfg["experiment"] = str(p.parent / cfg["experiment"])
-    for item in overrides:
-        cfg = deep_merge(cfg, parse_override(item))
-    unknown = sorted(set(cfg) - set(SWEEP_SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown sweep config sections {unknown}; allowed: {list(SWEEP_SECTIONS)}")
-    if cfg.get("experiment") is None:
-        raise ValueError("the sweep config needs an 'experiment' (a `slimembed train` config: data, model, train)")
+    cfg = load_config(source, "sweep", overrides)
     study = dict(cfg.get("study") or {})
-    bad = sorted(set(study) - set(STUDY_DEFAULTS))
-    if bad:
-        raise ValueError(f"unknown study keys {bad}; allowed: {sorted(STUDY_DEFAULTS)}")
     cfg["study"] = {**STUDY_DEFAULTS, **study}
     s = cfg["study"]
     if s["mode"] not in MODES:
