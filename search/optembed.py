@@ -36,10 +36,11 @@ compares against the unsorted list's first entry); the crossover point is drawn 
 parents are distinct top-``k`` candidates; mutation draws from ``1..D`` (the reference never
 draws dim 1).
 
-Example::
+Example (trains all four stages; or ``slimembed optembed --config optembed.yaml``)::
 
-    >>> summary = run_pipeline("optembed.yaml")          # or: slimembed optembed --config optembed.yaml
-    >>> summary["retrain"]["test"]["auc"], summary["export"]["table_bytes"]
+    summary = run_pipeline("optembed.yaml"); summary["export"]["table_bytes"]
+    >>> OptEmbedConfig(generations=5).population    # the optembed: section's defaults
+    20
 """
 
 from __future__ import annotations
@@ -259,8 +260,8 @@ class OptEmbedPipeline:
 
     Example::
 
-        >>> pipe = OptEmbedPipeline(load_pipeline_config("optembed.yaml"))
-        >>> summary = pipe.run()                  # resumes from out_dir if it was cut off
+        pipe = OptEmbedPipeline(load_pipeline_config("optembed.yaml"))
+        summary = pipe.run()                  # resumes from out_dir if it was cut off
     """
 
     def __init__(self, config: Mapping[str, Any], log: Optional[Callable[[str], None]] = None,

@@ -107,7 +107,11 @@ PRUNERS = ("median", "hyperband", "none")
 
 # ---------------------------------------------------------------------------------- config
 def parse_bytes(v: Any) -> int:
-    """``1500000``, ``"1.5MB"``, ``"2 MiB"``, ``"512k"`` -> bytes (KB = 1000, KiB = 1024)."""
+    """``1500000``, ``"1.5MB"``, ``"2 MiB"``, ``"512k"`` -> bytes (KB = 1000, KiB = 1024).
+
+    >>> parse_bytes("1.5MB"), parse_bytes("2 MiB")
+    (1500000, 2097152)
+    """
     if isinstance(v, bool):
         raise ValueError(f"not a byte count: {v!r}")
     if isinstance(v, (int, float)):
@@ -322,10 +326,10 @@ def run_sweep(
 ) -> WorkerSummary:
     """Validate the config, open (or join) the study and run this worker.
 
-    Example::
+    Example (trains: run it on each worker)::
 
-        >>> summary = run_sweep("sweep.yaml", n_trials=20)          # run on each worker
-        >>> summary.study_counts["complete"]
+        summary = run_sweep("sweep.yaml", n_trials=20)
+        summary.study_counts["complete"]
     """
     cfg = load_sweep_config(config, overrides)
     if storage is not None:
