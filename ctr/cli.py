@@ -48,9 +48,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         else:
             if not args.schema:
                 raise ValueError("--format table needs --schema FILE.yaml (label, dense, categorical, multi_valued)")
-            import yaml
+            from slimembed.ctr.config import load_config
 
-            spec = yaml.safe_load(Path(args.schema).read_text())
+            spec = load_config(args.schema, "table_schema")
         rep = prepare_table(args.inputs, args.out, spec, **common)
     print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
     return 0
@@ -217,12 +217,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ---------------------------------------------------------------------------------- error boundary
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` before or after the command: show the traceback of a user error too."""
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show the full traceback of an error (user errors print one line)")
+    for action in parser._actions:  # the subcommands' parsers (argparse keeps them on the action)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show the full traceback of an error")
+
+
+def user_error_message(e: BaseException) -> Optional[str]:
+    """One or two lines for a failure the user caused (a config, a path, the data), or ``None`` for
+    an internal error (a bug: it keeps its traceback). User errors: :class:`~slimembed.ctr.config.UserError`,
+    ``ValueError`` (bad values and data), file-system errors on the paths given (missing, not
+    permitted, disk full, read-only), malformed YAML and pydantic validation errors."""
+    import yaml
+    from pydantic import ValidationError
+
+    from slimembed.ctr.config import UserError
+
+    if isinstance(e, OSError) and not isinstance(e, UserError):
+        if e.filename is None and e.errno is None:
+            msg = str(e)  # e.g. FileNotFoundError("input file ... does not exist")
+        else:
+            where = f": {e.filename}" if e.filename is not None else ""
+            msg = f"{e.strerror or type(e).__name__}{where}"
+            if e.filename2 is not None:
+                msg += f" -> {e.filename2}"
+    elif isinstance(e, (UserError, ValueError, yaml.YAMLError, ValidationError)):
+        msg = str(e)
+    else:
+        return None
+    lines = [ln for ln in msg.strip().splitlines() if ln.strip()] or [type(e).__name__]
+    return "\n".join(lines[:2]) + (" ..." if len(lines) > 2 else "")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. A user error exits with status 2 and one or two lines on stderr
+    (``--debug``: with the traceback); an internal error keeps its traceback."""
+    parser = build_parser()
+    _add_debug_flag(parser)
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"slimembed {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        msg = user_error_message(e)
+        if msg is None:
+            raise
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        print(f"slimembed {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -15,104 +15,27 @@ table) applies to every table of the model: the field table and the 1-dim first-
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import yaml
-
+from slimembed.ctr.config import EXPERIMENT_DEFAULTS, deep_merge, load_config as _load, parse_override, validate_experiment
 from slimembed.tables import Feature, make_table
 
-DEFAULTS: Dict[str, Any] = {
-    "data": {"path": None, "batch_size": 4096, "eval_batch_size": 16384, "fold": None,
-             "fold_min_rows": 0, "shuffle": True, "block_size": 65536},
-    "model": {"name": "deepfm", "embedding_dim": 16},
-    "table": {"method": "full"},
-    "train": {},
-    "output": None,
-}
+DEFAULTS: Dict[str, Any] = EXPERIMENT_DEFAULTS
 SECTIONS = tuple(DEFAULTS) + ("distributed",)  # optional section: no default, not in records unless given
 DATA_KEYS = set(DEFAULTS["data"])
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def parse_override(item: str) -> Dict[str, Any]:
-    """``"table.compression=10"`` -> ``{"table": {"compression": 10}}`` (value parsed as YAML)."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} must look like section.key=value")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    out: Dict[str, Any] = {}
-    cur = out
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """Read a YAML experiment file, apply ``section.key=value`` overrides, fill defaults, validate."""
-    cfg: Dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        cfg = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(cfg, Mapping):
-            raise ValueError(f"config file {str(p)!r} must hold a mapping, got {type(cfg).__name__}")
-    for item in overrides:
-        cfg = deep_merge(cfg, parse_override(item))
-    return validate_config(deep_merge(DEFAULTS, cfg))
+    """Read a YAML experiment file, apply ``section.key=value`` overrides, fill defaults, validate
+    (:func:`slimembed.ctr.config.load_config` with kind ``experiment``)."""
+    return _load(path, "experiment", overrides)
 
 
 def validate_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Fail at once, saying what is wrong and what is allowed (before any data is read)."""
-    from slimembed.ctr.models import available_models, model_hyper_parameters
-    from slimembed.ctr.trainer import TrainConfig
-    from slimembed.tables import available_methods
-
-    unknown = sorted(set(cfg) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config sections {unknown}; allowed: {list(SECTIONS)}")
-    bad = sorted(set(cfg["data"]) - DATA_KEYS)
-    if bad:
-        raise ValueError(f"unknown data keys {bad}; allowed: {sorted(DATA_KEYS)}")
-    if cfg["data"]["path"] is None:
-        raise ValueError("data.path is required (a processed dataset directory; see `slimembed prepare`)")
-    if not (Path(cfg["data"]["path"]) / "schema.json").exists():
-        raise FileNotFoundError(
-            f"data.path {cfg['data']['path']!r} is not a processed dataset (no schema.json); "
-            "make one with `slimembed generate` or `slimembed prepare`"
-        )
-    name = cfg["model"].get("name")
-    if name not in available_models():
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    allowed = set(model_hyper_parameters(name)) | {"name", "embedding_dim"}
-    bad = sorted(set(cfg["model"]) - allowed)
-    if bad:
-        raise ValueError(f"model {name!r} has no options {bad}; allowed: {sorted(allowed)}")
-    for where, tc in (("table", cfg["table"]), ("table.first_order", cfg["table"].get("first_order"))):
-        if tc is None:
-            continue
-        method = tc if isinstance(tc, str) else (tc.get("method") if isinstance(tc, Mapping) else None)
-        if method not in available_methods():
-            raise ValueError(f"{where}: unknown table method {method!r}; available: {', '.join(available_methods())}")
-    TrainConfig.from_dict(cfg["train"])  # raises on unknown keys / bad values
-    if "distributed" in cfg:
-        from slimembed.ctr.distributed import DistributedConfig, check_method_shardable
-
-        if DistributedConfig.from_dict(cfg["distributed"]).model_parallel:
-            check_method_shardable(cfg["table"]["method"], cfg["table"])
-    return cfg
+    """Fail at once, saying what is wrong and what is allowed (before any data is read); returns
+    the config typed (see :mod:`slimembed.ctr.config`)."""
+    return validate_experiment(cfg)
 
 
 def table_factory_from(cfg: Mapping[str, Any], field_features: Sequence[Feature], embedding_optimizer: str):

@@ -88,11 +88,16 @@ class TableSpec:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "TableSpec":
-        """Build from a plain dict (YAML/JSON config)."""
-        d = dict(d)
-        if "derived" in d:
-            d["derived"] = {k: tuple(v) for k, v in d["derived"].items()}
-        return TableSpec(**d)
+        """Build from a plain dict (YAML/JSON config), validated by the one config schema
+        (:func:`slimembed.ctr.config.load_config`, kind ``table_schema``): unknown or missing keys
+        and wrong types fail naming the key.
+
+        >>> TableSpec.from_dict({"label": "click", "dense": ["price"]}).dense
+        ('price',)
+        """
+        from slimembed.ctr.config import load_config
+
+        return TableSpec(**load_config(d, "table_schema"))
 
     def to_dict(self) -> Dict[str, Any]:
         return {

@@ -80,22 +80,9 @@ def load_benchmark_config(source: Union[str, Path, Mapping[str, Any], None] = No
                           overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Defaults <- YAML file/dict <- ``section.key=value`` overrides; checks keys, methods, knobs,
     budgets and seeds (before any data is generated or read)."""
-    import yaml
+    from slimembed.ctr.config import deep_merge, load_config
 
-    from slimembed.ctr.experiment import deep_merge, parse_override
-
-    user: Dict[str, Any] = {}
-    if isinstance(source, Mapping):
-        user = copy.deepcopy(dict(source))
-    elif source is not None:
-        p = Path(source)
-        if not p.exists():
-            raise FileNotFoundError(f"benchmark config {str(p)!r} does not exist")
-        user = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(user, Mapping):
-            raise ValueError(f"benchmark config {str(p)!r} must hold a mapping")
-    for item in overrides:
-        user = deep_merge(user, parse_override(item))
+    user = load_config(source, "benchmark", overrides)  # keys and types; the grid's rules follow
     unknown = sorted(set(user) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown benchmark config sections {unknown}; allowed: {list(SECTIONS)}")

@@ -36,22 +36,21 @@ compares against the unsorted list's first entry); the crossover point is drawn 
 parents are distinct top-``k`` candidates; mutation draws from ``1..D`` (the reference never
 draws dim 1).
 
-Example::
+Example (trains all four stages; or ``slimembed optembed --config optembed.yaml``)::
 
-    >>> summary = run_pipeline("optembed.yaml")          # or: slimembed optembed --config optembed.yaml
-    >>> summary["retrain"]["test"]["auc"], summary["export"]["table_bytes"]
+    summary = run_pipeline("optembed.yaml"); summary["export"]["table_bytes"]
+    >>> OptEmbedConfig(generations=5).population    # the optembed: section's defaults
+    20
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields as dc_fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +59,9 @@ from slimembed.tables import Feature, make_table, memory_report
 from slimembed.tables.optembed import (
     VARIANTS, CompactOptEmbedTable, OptEmbedTable, compact_bytes, export_optembed,
 )
+
+# the evolutionary search lives in optembed_search (re-exported: imports from here keep working)
+from .optembed_search import EvolutionSearch, crossover, crossover_point, mutate, random_candidate  # noqa: F401
 
 PathLike = Union[str, Path]
 STAGES = ("supernet", "search", "retrain", "export")
@@ -211,220 +213,6 @@ def supernet_optimizers(model: nn.Module, train_config: Any, threshold_lr: float
     return OptimizerSet(members)
 
 
-# ---------------------------------------------------------------------------------- evolution
-def random_candidate(num_fields: int, max_dim: int, generator: torch.Generator) -> Tensor:
-    """Uniform dims in ``1..max_dim`` per field: ``LongTensor[F]``."""
-    return torch.randint(1, max_dim + 1, (num_fields,), generator=generator)
-
-
-def mutate(parent: Tensor, max_dim: int, prob: float, generator: torch.Generator) -> Tensor:
-    """A new candidate: each field of ``parent`` reset with probability ``prob`` to a uniform dim
-    in ``1..max_dim`` (1 included). ``parent`` is not modified."""
-    reset = torch.rand(parent.shape, generator=generator) < prob
-    fresh = torch.randint(1, max_dim + 1, parent.shape, generator=generator)
-    return torch.where(reset, fresh, parent.clone())
-
-
-def crossover(a: Tensor, b: Tensor, point: int) -> Tensor:
-    """Single-point crossover over the field axis: ``a[:point]`` followed by ``b[point:]`` (new)."""
-    if not 0 <= point <= a.numel():
-        raise ValueError(f"crossover point {point} outside [0, {a.numel()}]")
-    return torch.cat([a[:point], b[point:]]).clone()
-
-
-def crossover_point(num_fields: int, generator: torch.Generator) -> int:
-    """A cut in ``1..F-1`` (both parents contribute); 1 when ``F == 1``."""
-    if num_fields < 2:
-        return 1
-    return int(torch.randint(1, num_fields, (1,), generator=generator))
-
-
-class EvolutionSearch:
-    """Evolutionary search over per-field dims (OptEmbed stage 2), correct and resumable.
-
-    Each generation: evaluate the population (fitness cached per candidate; infeasible ones get
-    ``-inf`` without evaluation), sort by fitness (descending, stable), update the best-so-far
-    from the *sorted* list, then breed the next population from the top ``parents``:
-    ``keep_num`` elites (copies) + ``mutation_num`` mutations (parent ``i % parents``) +
-    ``crossover_num`` crossovers of two distinct parents at a cut over the field axis. No
-    candidate is ever modified in place.
-
-    Args:
-        fitness: ``dims LongTensor[F] -> float`` (higher is better; NaN counts as ``-inf``).
-        num_fields: ``F``. max_dim: ``D`` (dims lie in ``1..D``).
-        feasible: optional ``dims -> bool``; infeasible candidates score ``-inf``.
-        seed: the RNG seed (a ``torch.Generator``; its state is part of :meth:`state_dict`).
-
-    Example::
-
-        >>> es = EvolutionSearch(lambda c: -float((c - 3).abs().sum()), num_fields=5, max_dim=8)
-        >>> best, fit = es.run(10)
-    """
-
-    def __init__(
-        self,
-        fitness: Callable[[Tensor], float],
-        num_fields: int,
-        max_dim: int,
-        mutation_num: int = 10,
-        crossover_num: int = 10,
-        parents: int = 10,
-        keep_num: int = 0,
-        mutation_prob: float = 0.1,
-        feasible: Optional[Callable[[Tensor], bool]] = None,
-        seed: int = 0,
-        initial: Optional[Sequence[Tensor]] = None,
-    ) -> None:
-        if num_fields < 1 or max_dim < 1:
-            raise ValueError("num_fields and max_dim must be >= 1")
-        self.fitness_fn = fitness
-        self.num_fields = int(num_fields)
-        self.max_dim = int(max_dim)
-        self.mutation_num = int(mutation_num)
-        self.crossover_num = int(crossover_num)
-        self.parents = int(parents)
-        self.keep_num = int(keep_num)
-        self.mutation_prob = float(mutation_prob)
-        self.feasible = feasible
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.generation = 0  # finished generations
-        self.best: Optional[Tensor] = None
-        self.best_fitness = -math.inf
-        self.history: List[Dict[str, Any]] = []
-        self.cache: Dict[Tuple[int, ...], float] = {}
-        self.evaluations = 0
-        self.population: List[Tensor] = (
-            [torch.as_tensor(c, dtype=torch.long).clone() for c in initial] if initial is not None
-            else self.initial_population()
-        )
-
-    @property
-    def population_size(self) -> int:
-        return self.keep_num + self.mutation_num + self.crossover_num
-
-    # ------------------------------------------------------------------ breeding
-    def _is_feasible(self, cand: Tensor) -> bool:
-        return True if self.feasible is None else bool(self.feasible(cand))
-
-    def initial_population(self) -> List[Tensor]:
-        """``population_size`` uniform random candidates (feasible ones when a constraint is set:
-        rejection sampling, then sampling under a shrinking dim cap)."""
-        pop = []
-        for _ in range(self.population_size):
-            cand = random_candidate(self.num_fields, self.max_dim, self.generator)
-            cap, tries = self.max_dim, 0
-            while not self._is_feasible(cand):
-                tries += 1
-                if tries > 50:
-                    cap = max(1, cap // 2)
-                if tries > 1000:
-                    raise ValueError("no feasible candidate found: the constraint rejects even small dims")
-                cand = random_candidate(self.num_fields, cap, self.generator)
-            pop.append(cand)
-        return pop
-
-    def breed(self, ranked: Sequence[Tensor]) -> List[Tensor]:
-        """The next population from candidates sorted best first."""
-        top = list(ranked[: self.parents])
-        nxt = [c.clone() for c in ranked[: self.keep_num]]
-        for i in range(self.mutation_num):
-            nxt.append(mutate(top[i % len(top)], self.max_dim, self.mutation_prob, self.generator))
-        for _ in range(self.crossover_num):
-            if len(top) >= 2:
-                x, y = torch.randperm(len(top), generator=self.generator)[:2].tolist()
-            else:
-                x = y = 0
-            point = crossover_point(self.num_fields, self.generator)
-            nxt.append(crossover(top[x], top[y], point))
-        return nxt
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, cand: Tensor) -> float:
-        key = tuple(int(v) for v in cand.tolist())
-        if key not in self.cache:
-            if not self._is_feasible(cand):
-                fit = -math.inf
-            else:
-                fit = float(self.fitness_fn(cand.clone()))
-                self.evaluations += 1
-                if math.isnan(fit):
-                    fit = -math.inf
-            self.cache[key] = fit
-        return self.cache[key]
-
-    def step(self, breed: bool = True) -> Dict[str, Any]:
-        """Evaluate the population, update the best, breed the next one. Returns the log entry."""
-        fits = [self.evaluate(c) for c in self.population]
-        order = sorted(range(len(fits)), key=lambda i: -fits[i])  # stable, best first
-        ranked = [self.population[i] for i in order]
-        ranked_fit = [fits[i] for i in order]
-        if ranked_fit[0] > self.best_fitness:
-            self.best_fitness = ranked_fit[0]
-            self.best = ranked[0].clone()
-        finite = [f for f in fits if math.isfinite(f)]
-        entry = {
-            "generation": self.generation,
-            "best": ranked_fit[0],
-            "worst": ranked_fit[-1],
-            "mean": sum(finite) / len(finite) if finite else None,
-            "infeasible": len(fits) - len(finite),
-            "best_so_far": self.best_fitness,
-            "best_dims": None if self.best is None else self.best.tolist(),
-            "evaluations": self.evaluations,
-        }
-        self.history.append(entry)
-        self.generation += 1
-        if breed:
-            self.population = self.breed(ranked)
-        return entry
-
-    def run(self, generations: int, on_generation: Optional[Callable[["EvolutionSearch"], None]] = None,
-            progress: bool = False) -> Tuple[Optional[Tensor], float]:
-        """Run until ``generations`` generations are finished (counting those already done, so a
-        restored search continues). ``on_generation(self)`` runs after each (checkpointing)."""
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=generations, initial=min(self.generation, generations), desc="evolution",
-                   disable=not progress, dynamic_ncols=True, leave=False)
-        try:
-            while self.generation < generations:
-                entry = self.step()
-                bar.update(1)
-                bar.set_postfix(best=f"{entry['best_so_far']:.5f}")
-                if on_generation is not None:
-                    on_generation(self)
-        finally:
-            bar.close()
-        return (None if self.best is None else self.best.clone()), self.best_fitness
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "population": [c.clone() for c in self.population],
-            "best": None if self.best is None else self.best.clone(),
-            "best_fitness": self.best_fitness,
-            "history": copy.deepcopy(self.history),
-            "cache": dict(self.cache),
-            "evaluations": self.evaluations,
-            "rng": self.generator.get_state(),
-            "shape": (self.num_fields, self.max_dim),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if tuple(state["shape"]) != (self.num_fields, self.max_dim):
-            raise ValueError(f"search state is for (F, D) = {tuple(state['shape'])}, this search has "
-                             f"({self.num_fields}, {self.max_dim})")
-        self.generation = int(state["generation"])
-        self.population = [c.clone() for c in state["population"]]
-        self.best = None if state["best"] is None else state["best"].clone()
-        self.best_fitness = float(state["best_fitness"])
-        self.history = copy.deepcopy(list(state["history"]))
-        self.cache = dict(state["cache"])
-        self.evaluations = int(state["evaluations"])
-        self.generator.set_state(state["rng"])
-
-
 # ---------------------------------------------------------------------------------- pipeline config
 PIPELINE_DEFAULTS: Dict[str, Any] = {
     "data": {"path": None, "batch_size": 2048, "eval_batch_size": 16384, "fold": None,
@@ -442,38 +230,14 @@ def load_pipeline_config(path: Optional[PathLike] = None, overrides: Sequence[st
                          config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """A validated pipeline config from a YAML file and/or a dict, with ``section.key=value``
     overrides. Sections: ``data``, ``model``, ``train`` (as ``slimembed train``), ``optembed``
-    (:class:`OptEmbedConfig`), ``output`` (the output directory)."""
-    import yaml
+    (:class:`OptEmbedConfig`), ``output`` (the output directory); validated by
+    :func:`slimembed.ctr.config.load_config` (kind ``optembed``)."""
+    from slimembed.ctr.config import deep_merge, load_config, read_config_file
 
-    from slimembed.ctr.experiment import deep_merge, parse_override, validate_config
-
-    cfg: Dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        cfg = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(cfg, Mapping):
-            raise ValueError(f"config file {str(p)!r} must hold a mapping")
+    cfg: Dict[str, Any] = {} if path is None else read_config_file(path)
     if config is not None:
         cfg = deep_merge(cfg, config)
-    for item in overrides:
-        cfg = deep_merge(cfg, parse_override(item))
-    unknown = sorted(set(cfg) - set(PIPELINE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown config sections {unknown}; allowed: {sorted(PIPELINE_DEFAULTS)}")
-    cfg = deep_merge(PIPELINE_DEFAULTS, cfg)
-    oe = OptEmbedConfig.from_dict(cfg["optembed"])
-    cfg["optembed"] = oe.to_dict()
-    # data/model/train are validated exactly as `slimembed train` validates them
-    validate_config({"data": cfg["data"], "model": cfg["model"], "table": {"method": oe.variant},
-                     "train": cfg["train"], "output": None})
-    from slimembed.ctr.trainer import TrainConfig
-
-    TrainConfig.from_dict({**cfg["train"], **oe.retrain})
-    if cfg["output"] is None:
-        raise ValueError("output (the pipeline's directory) is required")
-    return cfg
+    return load_config(cfg, "optembed", overrides)
 
 
 def _comparable(cfg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -496,8 +260,8 @@ class OptEmbedPipeline:
 
     Example::
 
-        >>> pipe = OptEmbedPipeline(load_pipeline_config("optembed.yaml"))
-        >>> summary = pipe.run()                  # resumes from out_dir if it was cut off
+        pipe = OptEmbedPipeline(load_pipeline_config("optembed.yaml"))
+        summary = pipe.run()                  # resumes from out_dir if it was cut off
     """
 
     def __init__(self, config: Mapping[str, Any], log: Optional[Callable[[str], None]] = None,
