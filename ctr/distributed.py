@@ -45,14 +45,14 @@ The trainer (:mod:`slimembed.ctr.trainer`) and the experiment runner
 (:mod:`slimembed.ctr.experiment`) call these helpers; they are no-ops when no process group is
 initialised.
 
-Example (a user script launched by torchrun)::
+Usage (a user script launched by torchrun, so not a doctest)::
 
-    >>> from slimembed.ctr import distributed as D
-    >>> D.init_distributed()                                # gloo on CPU
-    >>> train = make_loader(path, "train", 2048, shuffle=True, rank=D.get_rank(),
-    ...                     world_size=D.get_world_size(), drop_last=True)
-    >>> model = D.wrap_model(make_model("deepfm", features, 13), {"sharding": "none"})
-    >>> record = train_and_evaluate(model, train, val, test, config=cfg)  # rank 0 writes
+    from slimembed.ctr import distributed as D
+    D.init_distributed()                                # gloo on CPU
+    train = make_loader(path, "train", 2048, shuffle=True, rank=D.get_rank(),
+                        world_size=D.get_world_size(), drop_last=True)
+    model = D.wrap_model(make_model("deepfm", features, 13), {"sharding": "none"})
+    record = train_and_evaluate(model, train, val, test, config=cfg)  # rank 0 writes
 """
 
 from __future__ import annotations

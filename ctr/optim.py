@@ -30,8 +30,14 @@ dense Adam decays every row every step.
 
 Example::
 
-    >>> opt = build_optimizers(model, {"lr": 1e-3, "embedding_optimizer": "rowwise_adagrad"})
+    >>> from slimembed.ctr.models import make_model
+    >>> from slimembed.tables import Feature
+    >>> model = make_model("fm", [Feature("C1", 100, 8)], num_dense=0)
+    >>> opt = build_optimizers(model, {"lr": 1e-3, "embedding_optimizer": "adam"})
+    >>> loss = model(None, torch.randint(0, 100, (4, 1))).sum()
     >>> loss.backward(); opt.step(); opt.zero_grad()
+    >>> opt.names
+    ['dense', 'embedding']
 """
 
 from __future__ import annotations
@@ -290,8 +296,11 @@ class OptimizerSet:
 
     Example::
 
-        >>> opt = OptimizerSet({"dense": adam, "embedding": rowwise})
-        >>> opt.step(); opt.zero_grad()
+        >>> w, e = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+        >>> opt = OptimizerSet({"dense": torch.optim.Adam([w]), "embedding": torch.optim.Adagrad([e])})
+        >>> (w.sum() + e.sum()).backward(); opt.step(); opt.zero_grad()
+        >>> opt.names
+        ['dense', 'embedding']
     """
 
     def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:

@@ -23,12 +23,12 @@ resume=True).fit()`` (or ``fit(resume=True)``) continues from it: a run of 2 epo
 checkpoints skip the batches already seen, which needs a loader whose order depends only on
 ``(seed, epoch)``).
 
-Example::
+Usage (needs data loaders, so not a doctest)::
 
-    >>> cfg = TrainConfig(epochs=3, lr=1e-3, embedding_optimizer="sparse_adam", checkpoint_dir="runs/a")
-    >>> model = make_model("deepfm", features, 13, table_factory=table_factory_for(cfg.embedding_optimizer))
-    >>> record = train_and_evaluate(model, train_loader, val_loader, test_loader, config=cfg)
-    >>> record["metrics"]["test"]["auc"]
+    cfg = TrainConfig(epochs=3, lr=1e-3, embedding_optimizer="sparse_adam", checkpoint_dir="runs/a")
+    model = make_model("deepfm", features, 13, table_factory=table_factory_for(cfg.embedding_optimizer))
+    record = train_and_evaluate(model, train_loader, val_loader, test_loader, config=cfg)
+    record["metrics"]["test"]["auc"]
 """
 
 from __future__ import annotations
@@ -298,12 +298,11 @@ class Trainer:
     (checkpoints, best weights); evaluation gathers every rank's predictions; only rank 0 writes
     files. Without a process group nothing changes.
 
-    Example::
+    Usage (needs data loaders, so not a doctest)::
 
-        >>> trainer = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2))
-        >>> history = trainer.fit()
-        >>> trainer.evaluate(test_loader)
-        {'auc': 0.79..., 'logloss': 0.45..., 'num_samples': ...}
+        trainer = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2))
+        history = trainer.fit()
+        trainer.evaluate(test_loader)   # {'auc': 0.79..., 'logloss': 0.45..., 'num_samples': ...}
     """
 
     def __init__(

@@ -36,10 +36,10 @@ compares against the unsorted list's first entry); the crossover point is drawn 
 parents are distinct top-``k`` candidates; mutation draws from ``1..D`` (the reference never
 draws dim 1).
 
-Example::
+Usage (trains models, so not a doctest)::
 
-    >>> summary = run_pipeline("optembed.yaml")          # or: slimembed optembed --config optembed.yaml
-    >>> summary["retrain"]["test"]["auc"], summary["export"]["table_bytes"]
+    summary = run_pipeline("optembed.yaml")          # or: slimembed optembed --config optembed.yaml
+    summary["retrain"]["test"]["auc"], summary["export"]["table_bytes"]
 """
 
 from __future__ import annotations
@@ -494,10 +494,10 @@ class OptEmbedPipeline:
         log: a ``str -> None`` sink for stage messages (default ``print``).
         progress: tqdm bars (default: when stderr is a terminal).
 
-    Example::
+    Usage (trains models, so not a doctest)::
 
-        >>> pipe = OptEmbedPipeline(load_pipeline_config("optembed.yaml"))
-        >>> summary = pipe.run()                  # resumes from out_dir if it was cut off
+        pipe = OptEmbedPipeline(load_pipeline_config("optembed.yaml"))
+        summary = pipe.run()                  # resumes from out_dir if it was cut off
     """
 
     def __init__(self, config: Mapping[str, Any], log: Optional[Callable[[str], None]] = None,

@@ -891,10 +891,10 @@ def run_sweep(
 ) -> WorkerSummary:
     """Validate the config, open (or join) the study and run this worker.
 
-    Example::
+    Usage (trains models, so not a doctest)::
 
-        >>> summary = run_sweep("sweep.yaml", n_trials=20)          # run on each worker
-        >>> summary.study_counts["complete"]
+        summary = run_sweep("sweep.yaml", n_trials=20)          # run on each worker
+        summary.study_counts["complete"]
     """
     cfg = load_sweep_config(config, overrides)
     if storage is not None:

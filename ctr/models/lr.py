@@ -24,6 +24,7 @@ class LR(CTRModel):
 
     Example::
 
+        >>> import torch
         >>> m = LR([Feature("C1", 100, 8)], num_dense=2)
         >>> m(torch.randn(4, 2), torch.randint(0, 100, (4, 1))).shape
         torch.Size([4])
