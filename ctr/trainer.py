@@ -1,5 +1,5 @@
 """The CTR trainer: BCE-with-logits, Adam + a table optimizer, early stopping on validation AUC,
-exact resume from checkpoints, progress bars and a JSON result record (DESIGN §4).
+exact resume from checkpoints, progress bars and a JSON result record (docs/architecture.md §4).
 
 A model is any ``nn.Module`` with ``forward(dense [B, n_dense], sparse [B, F] | KJT) -> logits [B]``
 (``slimembed.ctr.models`` adds ``embedding_tables()`` / ``dense_parameters()``, used to split the

@@ -1,6 +1,6 @@
 """Raw data -> processed directory: :func:`prepare_criteo` and :func:`prepare_table`.
 
-Conventions (DESIGN §5), shared by both:
+Conventions (docs/architecture.md §5), shared by both:
 
 * **Vocabulary** (default): per field, the values seen at least ``min_count`` times in the
   **training** part get ids ``1..V`` (sorted by raw id, see :mod:`.ids`); id 0 is the OOV row
