@@ -23,10 +23,10 @@ before timing, as a loader would hand them over; each variant runs ``warmup`` st
 ``steps`` timed steps. The dense part is Adam at ``lr``; the tables' learning rate is
 ``embedding_lr``. The output is a table of samples/s and the ratio to variant (c).
 
-Example::
+Usage (minutes on a CPU, so not a doctest)::
 
-    >>> rows = bench_train(steps=10, warmup=2, scale=0.01)
-    >>> python -m slimembed.ctr.bench --steps 10 --scale 0.01 --threads 2
+    rows = bench_train(steps=10, warmup=2, scale=0.01)      # from Python
+    python -m slimembed.ctr.bench --steps 10 --scale 0.01 --threads 2   # from a shell
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small named building blocks for CTR models (DESIGN §4, FuxiCTR-style layers).
+"""Small named building blocks for CTR models (docs/architecture.md §4, FuxiCTR-style layers).
 
 Notation: ``B`` batch size, ``F`` number of fields (categorical fields plus numeric fields where a
 model treats dense features as fields), ``D`` embedding dim, ``n_dense`` number of dense features.

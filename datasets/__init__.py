@@ -2,10 +2,14 @@
 
 Example::
 
+    >>> import tempfile
     >>> from slimembed.datasets import generate, make_loader, load_processed
-    >>> generate("synth", rows=200_000)                       # processed format, teacher AUC ~0.80
-    >>> ds = load_processed("synth"); features = ds.schema.features(16)
-    >>> for batch in make_loader("synth", "train", 4096, shuffle=True): ...
+    >>> out = tempfile.mkdtemp()
+    >>> report = generate(out, rows=1_000)    # processed format (200k rows: teacher AUC ~0.80)
+    >>> ds = load_processed(out); features = ds.schema.features(16)
+    >>> batch = next(iter(make_loader(out, "train", 256, shuffle=True)))
+    >>> batch.sparse.shape, batch.dense.shape
+    (torch.Size([256, 26]), torch.Size([256, 13]))
 
 Raw data: :func:`prepare_criteo` (Kaggle ``train.txt`` / 1TB ``day_N``), :func:`prepare_table`
 (CSV/TSV/Parquet with a :class:`TableSpec`; :data:`AVAZU_SPEC`).

@@ -1,4 +1,4 @@
-"""The batch every loader yields and every model and trainer consumes (DESIGN §2)."""
+"""The batch every loader yields and every model and trainer consumes (docs/architecture.md §2)."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ A bad row raises :class:`~slimembed.datasets.errors.DataFormatError` naming file
 and column (``on_bad_row="error"``, the default) or is dropped and counted by reason in
 :attr:`CriteoReader.bad_rows` (``on_bad_row="skip"``). Nothing is coerced.
 
-Example::
+Usage (needs a Criteo file, so not a doctest)::
 
-    >>> for chunk in CriteoReader("train.txt", chunk_rows=100_000):
-    ...     chunk.labels, chunk.dense, chunk.categorical[0]     # int8[n], int64[n, 13], C1
+    for chunk in CriteoReader("train.txt", chunk_rows=100_000):
+        chunk.labels, chunk.dense, chunk.categorical[0]     # int8[n], int64[n, 13], C1
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Raw data -> processed directory: :func:`prepare_criteo` and :func:`prepare_table`.
 
-Conventions (DESIGN §5), shared by both:
+Conventions (docs/architecture.md §5), shared by both:
 
 * **Vocabulary** (default): per field, the values seen at least ``min_count`` times in the
   **training** part get ids ``1..V`` (sorted by raw id, see :mod:`.ids`); id 0 is the OOV row
@@ -270,10 +270,10 @@ def prepare_criteo(inputs: Union[PathLike, Sequence[PathLike]], out_dir: PathLik
     Returns:
         a :class:`PrepareReport` (also written to ``out_dir/report.json``).
 
-    Example::
+    Usage (needs a Criteo file, so not a doctest)::
 
-        >>> rep = prepare_criteo("train.txt", "criteo_proc", min_count=10)
-        >>> rep.rows, rep.rows_per_s
+        rep = prepare_criteo("train.txt", "criteo_proc", min_count=10)
+        rep.rows, rep.rows_per_s
     """
     if dense not in ("log", "bucket"):
         raise ValueError(f"dense must be 'log' or 'bucket', got {dense!r}")
@@ -347,10 +347,10 @@ def prepare_table(inputs: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     Multi-valued fields are stored as ``values``/``offsets`` arrays (see :mod:`.processed`); an
     empty or missing cell is one missing token; empty tokens are missing tokens too.
 
-    Example::
+    Usage (needs an input table, so not a doctest)::
 
-        >>> spec = TableSpec(label="rating", categorical=["user", "item"], multi_valued={"genres": "|"})
-        >>> prepare_table("ratings.csv", "ml_proc", spec)
+        spec = TableSpec(label="rating", categorical=["user", "item"], multi_valued={"genres": "|"})
+        prepare_table("ratings.csv", "ml_proc", spec)
     """
     if dense not in ("log", "none", "bucket"):
         raise ValueError(f"dense must be 'log', 'none' or 'bucket', got {dense!r}")

@@ -68,8 +68,12 @@ def load_processed(data_dir: PathLike) -> ProcessedDataset:
 
     Example::
 
-        >>> ds = load_processed("criteo_proc")
-        >>> ds.schema.features(16), ds.splits["train"]
+        >>> import tempfile
+        >>> from slimembed.datasets import generate
+        >>> out = tempfile.mkdtemp(); _ = generate(out, rows=1_000, seed=0)
+        >>> ds = load_processed(out)
+        >>> len(ds.schema.features(16)), ds.splits
+        (26, {'train': ..., 'val': ..., 'test': ...})
     """
     path = Path(data_dir)
     if not (path / "schema.json").exists():
@@ -299,10 +303,15 @@ def make_loader(data_dir: PathLike, split: str, batch_size: int, *, shuffle: boo
 
     Example::
 
-        >>> loader = make_loader("criteo_proc", "train", 4096, shuffle=True)
+        >>> import tempfile
+        >>> from slimembed.datasets import generate
+        >>> out = tempfile.mkdtemp(); _ = generate(out, rows=1_000, seed=0)
+        >>> loader = make_loader(out, "train", 256, shuffle=True)
         >>> for epoch in range(2):
         ...     loader.set_epoch(epoch)
-        ...     for batch in loader: ...   # batch.sparse: LongTensor[B, 26]
+        ...     shapes = {tuple(batch.sparse.shape[1:]) for batch in loader}
+        >>> shapes   # batch.sparse: LongTensor[B, 26]
+        {(26,)}
     """
     return ProcessedLoader(data_dir, split, batch_size, shuffle=shuffle, seed=seed,
                            block_size=block_size, drop_last=drop_last, rank=rank,

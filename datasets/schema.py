@@ -1,4 +1,5 @@
-"""Dataset schema (DESIGN §2): which columns are the label, dense floats and categorical fields."""
+"""Dataset schema (docs/architecture.md §2): which columns are the label, dense floats and
+categorical fields."""
 
 from __future__ import annotations
 

@@ -428,8 +428,10 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
 
     Example::
 
-        >>> rep = generate("synth", rows=200_000, seed=0)
+        >>> import tempfile
+        >>> rep = generate(tempfile.mkdtemp(), rows=200_000, seed=0)
         >>> rep.ctr, rep.teacher_auc
+        (0.24999, 0.80627)
     """
     if format not in ("processed", "tsv"):
         raise ValueError(f"format must be 'processed' or 'tsv', got {format!r}")

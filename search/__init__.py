@@ -1,9 +1,9 @@
 """slimembed.search: OptEmbed's supernet + evolutionary search pipeline (and, later, sweeps and reports).
 
-Example::
+Usage (trains models, so not a doctest)::
 
-    >>> from slimembed.search import run_pipeline
-    >>> summary = run_pipeline("optembed.yaml")      # supernet -> search -> retrain -> export
+    from slimembed.search import run_pipeline
+    summary = run_pipeline("optembed.yaml")      # supernet -> search -> retrain -> export
 """
 
 from .optembed import (

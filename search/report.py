@@ -14,10 +14,10 @@ writes, generated and never typed by hand:
 "bytes" are ``memory_report(model).table_bytes``: parameters + buffers of every embedding table
 of the model (field and first-order tables), the quantity the sweep minimises.
 
-Example::
+Usage (needs a finished sweep, so not a doctest)::
 
-    >>> summary = write_report(*load_points("runs/sweep/optuna.db"), out_dir="docs/sweep")
-    >>> summary["front"], summary["files"]["png"]
+    summary = write_report(*load_points("runs/sweep/optuna.db"), out_dir="docs/sweep")
+    summary["front"], summary["files"]["png"]
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 from slimembed.tables import Feature
@@ -55,10 +54,9 @@ def get_model_class(name: str) -> Type[CTRModel]:
 
 
 def model_hyper_parameters(name: str) -> Dict[str, Any]:
-    """The hyper-parameters of model ``name`` and their defaults."""
-    params = inspect.signature(get_model_class(name).__init__).parameters
-    skip = {"self", "features", "num_dense", "table_factory"}
-    return {k: p.default for k, p in params.items() if k not in skip}
+    """The hyper-parameters of model ``name`` and their defaults (its constructor's arguments after
+    ``table_factory``, in signature order)."""
+    return get_model_class(name).hyper_parameter_defaults()
 
 
 def make_model(

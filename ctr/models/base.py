@@ -1,7 +1,7 @@
 """What every CTR model shares: the table factory, field embeddings, the first-order part, and the
 split of parameters into tables (sparse optimizers) and the rest (Adam).
 
-Conventions (DESIGN §4, FuxiCTR's):
+Conventions (docs/architecture.md §4, FuxiCTR's):
 
 * The field table is ``self.embedding = table_factory(features)``; first-order models (LR, FM,
   DeepFM, WDL) also build ``self.first_order = table_factory(with_dim(features, 1))`` through the
@@ -17,7 +17,10 @@ Conventions (DESIGN §4, FuxiCTR's):
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Set, Union
+import inspect
+from typing import (
+    Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union,
+)
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +32,8 @@ from ..layers import NumericEmbedding, init_linear
 
 TableFactory = Callable[[List[Feature]], EmbeddingTable]
 SparseInput = Union[Tensor, "KeyedJaggedTensor"]
+# Constructor arguments that are wiring, not hyper-parameters (config() leaves them out).
+_NOT_HYPER_PARAMETERS = frozenset({"self", "features", "num_dense", "table_factory"})
 
 
 def default_table_factory(features: List[Feature]) -> EmbeddingTable:
@@ -80,30 +85,79 @@ def field_embeddings(table: nn.Module, sparse: SparseInput) -> Tensor:
 
 
 class CTRModel(nn.Module):
-    """Base class of the CTR models: builds tables through a factory and offers shared parts.
+    """Base class of the CTR models: builds the tables through a factory and offers shared parts.
 
     Args:
-        features: the categorical features (``F`` of them).
+        features: the ``F`` categorical features (one common ``embedding_dim`` ``D`` where the
+            model has field embeddings).
         num_dense: number of dense float features ``n_dense`` (may be 0).
+        table_factory: ``features -> table``; default ``make_table("full", features)``. Never
+            stored on the module (a lambda would make the model unpicklable).
+        embedding: build the field table ``self.embedding = table_factory(features)``; default
+            ``True``. ``self.embedding_dim`` is then its common ``D`` (else ``None``).
+        numeric_fields: with ``embedding``, embed each dense feature as one more field
+            (:class:`~slimembed.ctr.layers.NumericEmbedding`); default ``True`` (``False`` in DLRM,
+            whose bottom MLP reads the raw dense vector).
+        first_order: build the first-order part (:meth:`_build_first_order`), after the field
+            table; default ``False`` (``True`` in LR, FM, DeepFM, WDL).
 
-    Subclasses call :meth:`_build_field_embedding` and/or :meth:`_build_first_order` with their
-    ``table_factory`` (never stored on the module: a lambda would make the model unpicklable)
-    and implement ``forward(dense: [B, n_dense], sparse: LongTensor[B, F] | KJT) -> [B]``.
+    The build order (field table, numeric embedding, first-order table, dense linear, bias, then
+    the subclass's layers) fixes the random initialisation of a seeded model.
+
+    A model subclasses this, calls ``super().__init__(features, num_dense, table_factory, ...)``,
+    builds its layers, records ``self.hparams`` with :meth:`_save_hparams` and implements
+    ``forward(dense: [B, n_dense], sparse: LongTensor[B, F] | KJT) -> [B]`` logits.
     """
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, features: Sequence[Feature], num_dense: int) -> None:
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        num_dense: int,
+        table_factory: Optional[TableFactory] = None,
+        *,
+        embedding: bool = True,
+        numeric_fields: bool = True,
+        first_order: bool = False,
+    ) -> None:
         super().__init__()
-        self.hparams: Dict[str, Any] = {}  # the model's own hyper-parameters, set by subclasses
+        self.hparams: Dict[str, Any] = {}  # the model's own hyper-parameters (_save_hparams)
         self.features: List[Feature] = check_features(features)
         if int(num_dense) < 0:
             raise ValueError(f"num_dense must be >= 0, got {num_dense}")
         self.num_dense = int(num_dense)
         self.numeric_embedding: Optional[NumericEmbedding] = None
         self.dense_linear: Optional[nn.Linear] = None
+        self.embedding_dim: Optional[int] = None
+        if embedding:
+            self.embedding_dim = self._build_field_embedding(table_factory, numeric_fields)
+        if first_order:
+            self._build_first_order(table_factory)
+
+    @classmethod
+    def hyper_parameter_defaults(cls) -> Dict[str, Any]:
+        """The constructor's hyper-parameters (its arguments after ``table_factory``) and their
+        defaults, in signature order."""
+        params = inspect.signature(cls.__init__).parameters
+        return {k: p.default for k, p in params.items() if k not in _NOT_HYPER_PARAMETERS}
+
+    def _save_hparams(self, init_args: Mapping[str, Any]) -> None:
+        """``self.hparams`` from the constructor's ``locals()``: every hyper-parameter in signature
+        order, sequences as lists (so :meth:`config` is plain data)."""
+        self.hparams = {
+            k: list(init_args[k]) if isinstance(init_args[k], (list, tuple)) else init_args[k]
+            for k in self.hyper_parameter_defaults()
+        }
 
     # ------------------------------------------------------------------ building
+    @staticmethod
+    def _logit_layer(in_dim: int) -> nn.Linear:
+        """The final ``Linear(in_dim, 1)`` of models with an output head (xavier-uniform, zero bias)."""
+        layer = nn.Linear(in_dim, 1)
+        init_linear(layer)
+        return layer
+
     @staticmethod
     def _make_table(table_factory: Optional[TableFactory], features: List[Feature]) -> EmbeddingTable:
         table = (table_factory or default_table_factory)(list(features))
@@ -141,6 +195,13 @@ class CTRModel(nn.Module):
     def num_fields(self) -> int:
         """Fields seen by interaction layers: ``F`` (+ ``n_dense`` when dense features are fields)."""
         return len(self.features) + (self.num_dense if self.numeric_embedding is not None else 0)
+
+    @property
+    def flat_dim(self) -> int:
+        """Width of the flattened field tensor ``flatten(V)``: ``num_fields * D``."""
+        if self.embedding_dim is None:
+            raise ValueError(f"{type(self).__name__} has no field embedding, so no flat_dim")
+        return self.num_fields * self.embedding_dim
 
     def config(self) -> Dict[str, Any]:
         """Plain dict: ``{"model": name, "num_dense": n, **hyper-parameters}`` (the features and

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from slimembed.tables import Feature
 
-from ..layers import ActivationSpec, CrossNet, MLPBlock, init_linear
+from ..layers import ActivationSpec, CrossNet, MLPBlock
 from .base import CTRModel, SparseInput, TableFactory
 
 
@@ -23,46 +23,28 @@ class DCN(CTRModel):
     model is the cross network alone.
 
     Args:
-        features: the ``F`` categorical features (one common ``embedding_dim`` ``D``).
-        num_dense: number of dense features (may be 0).
-        table_factory: ``features -> table``; default ``make_table("full", features)``.
+        features, num_dense, table_factory: as in :class:`~slimembed.ctr.models.base.CTRModel`.
         num_cross_layers: default 3.
-        hidden_units: parallel MLP hidden widths; default ``(400, 400, 400)``.
-        activation: default ``"relu"``. dropout: default ``0.0``. batch_norm: default ``False``.
+        hidden_units, activation, dropout, batch_norm: the parallel MLP's
+            (:class:`~slimembed.ctr.layers.MLPBlock`); defaults ``(400, 400, 400)``, ``"relu"``,
+            ``0.0``, ``False``.
 
     The output ``Linear`` and the MLP start xavier-uniform with zero bias.
-
-    Shapes: ``dense [B, n_dense]``, ``sparse LongTensor[B, F]`` or a KJT -> logits ``[B]``.
     """
 
     name = "dcn"
 
-    def __init__(
-        self,
-        features: List[Feature],
-        num_dense: int,
-        table_factory: Optional[TableFactory] = None,
-        num_cross_layers: int = 3,
-        hidden_units: Sequence[int] = (400, 400, 400),
-        activation: ActivationSpec = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-    ) -> None:
-        super().__init__(features, num_dense)
-        d = self._build_field_embedding(table_factory)
-        in_dim = self.num_fields * d
-        self.cross = CrossNet(in_dim, num_cross_layers)
+    def __init__(self, features: List[Feature], num_dense: int, table_factory: Optional[TableFactory] = None,
+                 num_cross_layers: int = 3, hidden_units: Sequence[int] = (400, 400, 400),
+                 activation: ActivationSpec = "relu", dropout: float = 0.0, batch_norm: bool = False) -> None:
+        super().__init__(features, num_dense, table_factory)
+        self.cross = CrossNet(self.flat_dim, num_cross_layers)
         self.mlp: Optional[MLPBlock] = None
-        out_dim = in_dim
         if len(hidden_units) > 0:
-            self.mlp = MLPBlock(in_dim, hidden_units, activation, dropout, batch_norm)
-            out_dim += self.mlp.output_dim
-        self.output = nn.Linear(out_dim, 1)
-        init_linear(self.output)
-        self.hparams = dict(
-            num_cross_layers=num_cross_layers, hidden_units=list(hidden_units), activation=activation,
-            dropout=dropout, batch_norm=batch_norm,
-        )
+            self.mlp = MLPBlock(self.flat_dim, hidden_units, activation, dropout, batch_norm)
+        # parallel: the output layer reads [cross(x0), mlp(x0)]
+        self.output = self._logit_layer(self.flat_dim + (0 if self.mlp is None else self.mlp.output_dim))
+        self._save_hparams(locals())
 
     def forward(self, dense: Optional[Tensor], sparse: SparseInput) -> Tensor:
         """``dense [B, n_dense]``, ``sparse [B, F]`` ids or KJT -> logits ``[B]``."""

@@ -17,45 +17,25 @@ class DeepFM(CTRModel):
 
     ``logit = [b + Σ_f w[x_f] + dense @ w_dense] + FM(V) + MLP(flatten(V))``
 
-    where ``V = [B, F + n_dense, D]`` stacks the field embeddings and one numeric field per dense
+    Args:
+        features, num_dense, table_factory: as in :class:`~slimembed.ctr.models.base.CTRModel`.
+        hidden_units, activation, dropout, batch_norm: the MLP's (:class:`~slimembed.ctr.layers.MLPBlock`,
+            then ``Linear -> 1``); defaults ``(400, 400, 400)``, ``"relu"``, ``0.0``, ``False``.
+
+    ``V = [B, F + n_dense, D]`` stacks the field embeddings and one numeric field per dense
     feature (``x_k * e_k``). The FM and the MLP share ``self.embedding``; the first-order weights
     are a separate 1-dim table ``self.first_order``, both from ``table_factory``.
-
-    Args:
-        features: the ``F`` categorical features (one common ``embedding_dim`` ``D``).
-        num_dense: number of dense features (may be 0).
-        table_factory: ``features -> table``; default ``make_table("full", features)``.
-        hidden_units: MLP hidden widths; default ``(400, 400, 400)``; a final ``Linear -> 1``
-            follows.
-        activation: MLP activation; default ``"relu"``.
-        dropout: MLP dropout; default ``0.0``.
-        batch_norm: MLP batch norm; default ``False``.
-
-    MLP layers start xavier-uniform with zero bias.
-
-    Shapes: ``dense [B, n_dense]``, ``sparse LongTensor[B, F]`` or a KJT -> logits ``[B]``.
     """
 
     name = "deepfm"
 
-    def __init__(
-        self,
-        features: List[Feature],
-        num_dense: int,
-        table_factory: Optional[TableFactory] = None,
-        hidden_units: Sequence[int] = (400, 400, 400),
-        activation: ActivationSpec = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-    ) -> None:
-        super().__init__(features, num_dense)
-        d = self._build_field_embedding(table_factory)
-        self._build_first_order(table_factory)
+    def __init__(self, features: List[Feature], num_dense: int, table_factory: Optional[TableFactory] = None,
+                 hidden_units: Sequence[int] = (400, 400, 400), activation: ActivationSpec = "relu",
+                 dropout: float = 0.0, batch_norm: bool = False) -> None:
+        super().__init__(features, num_dense, table_factory, first_order=True)
         self.fm = FMInteraction()
-        self.mlp = MLPBlock(self.num_fields * d, hidden_units, activation, dropout, batch_norm, output_dim=1)
-        self.hparams = dict(
-            hidden_units=list(hidden_units), activation=activation, dropout=dropout, batch_norm=batch_norm
-        )
+        self.mlp = MLPBlock(self.flat_dim, hidden_units, activation, dropout, batch_norm, output_dim=1)
+        self._save_hparams(locals())
 
     def forward(self, dense: Optional[Tensor], sparse: SparseInput) -> Tensor:
         """``dense [B, n_dense]``, ``sparse [B, F]`` ids or KJT -> logits ``[B]``."""

@@ -26,37 +26,25 @@ class DLRM(CTRModel):
     must be at least 2).
 
     Args:
-        features: the ``F`` categorical features (one common ``embedding_dim`` ``D``).
-        num_dense: number of dense features (may be 0).
-        table_factory: ``features -> table``; default ``make_table("full", features)``.
+        features, num_dense, table_factory: as in :class:`~slimembed.ctr.models.base.CTRModel`.
         bottom_hidden_units: bottom hidden widths before the final layer to ``D``; default
             ``(64,)``, i.e. ``n_dense -> 64 -> D``.
         top_hidden_units: top hidden widths; default ``(256, 128)``, then ``Linear -> 1``.
         self_interaction: include ``<E_i, E_i>`` in the interactions; default ``False``.
-        activation: default ``"relu"``. dropout: default ``0.0``. batch_norm: default ``False``
-            (all three apply to both MLPs).
+        activation, dropout, batch_norm: of both MLPs (:class:`~slimembed.ctr.layers.MLPBlock`);
+            defaults ``"relu"``, ``0.0``, ``False``.
 
     MLP layers start xavier-uniform with zero bias.
-
-    Shapes: ``dense [B, n_dense]``, ``sparse LongTensor[B, F]`` or a KJT -> logits ``[B]``.
     """
 
     name = "dlrm"
 
-    def __init__(
-        self,
-        features: List[Feature],
-        num_dense: int,
-        table_factory: Optional[TableFactory] = None,
-        bottom_hidden_units: Sequence[int] = (64,),
-        top_hidden_units: Sequence[int] = (256, 128),
-        self_interaction: bool = False,
-        activation: ActivationSpec = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-    ) -> None:
-        super().__init__(features, num_dense)
-        d = self._build_field_embedding(table_factory, numeric_fields=False)
+    def __init__(self, features: List[Feature], num_dense: int, table_factory: Optional[TableFactory] = None,
+                 bottom_hidden_units: Sequence[int] = (64,), top_hidden_units: Sequence[int] = (256, 128),
+                 self_interaction: bool = False, activation: ActivationSpec = "relu",
+                 dropout: float = 0.0, batch_norm: bool = False) -> None:
+        super().__init__(features, num_dense, table_factory, numeric_fields=False)
+        d = self.embedding_dim
         self.bottom: Optional[MLPBlock] = None
         n_inputs = len(self.features)
         if self.num_dense > 0:
@@ -69,11 +57,7 @@ class DLRM(CTRModel):
         if top_in == 0:
             raise ValueError("DLRM with num_dense=0 and one feature has no interaction to learn from")
         self.top = MLPBlock(top_in, top_hidden_units, activation, dropout, batch_norm, output_dim=1)
-        self.hparams = dict(
-            bottom_hidden_units=list(bottom_hidden_units), top_hidden_units=list(top_hidden_units),
-            self_interaction=self_interaction, activation=activation, dropout=dropout,
-            batch_norm=batch_norm,
-        )
+        self._save_hparams(locals())
 
     def forward(self, dense: Optional[Tensor], sparse: SparseInput) -> Tensor:
         """``dense [B, n_dense]``, ``sparse [B, F]`` ids or KJT -> logits ``[B]``."""

@@ -20,27 +20,16 @@ class FM(CTRModel):
     over the ``F`` field embeddings plus one field per dense feature (``x_k * e_k``,
     :class:`~slimembed.ctr.layers.NumericEmbedding`), so dense features interact too (FuxiCTR's
     numeric-as-field convention). Tables: ``self.embedding`` (``D``-dim) and ``self.first_order``
-    (1-dim), both from ``table_factory``. No hyper-parameter beyond the features' ``D``.
-
-    Args:
-        features: the ``F`` categorical features (one common ``embedding_dim`` ``D``).
-        num_dense: number of dense features (may be 0).
-        table_factory: ``features -> table``; default ``make_table("full", features)``.
-
-    Shapes: ``dense [B, n_dense]``, ``sparse LongTensor[B, F]`` or a KJT -> logits ``[B]``.
+    (1-dim), both from ``table_factory``. No hyper-parameter beyond the features' ``D``;
+    ``features``, ``num_dense`` and ``table_factory`` are
+    :class:`~slimembed.ctr.models.base.CTRModel`'s.
     """
 
     name = "fm"
 
-    def __init__(
-        self,
-        features: List[Feature],
-        num_dense: int,
-        table_factory: Optional[TableFactory] = None,
-    ) -> None:
-        super().__init__(features, num_dense)
-        self._build_field_embedding(table_factory)
-        self._build_first_order(table_factory)
+    def __init__(self, features: List[Feature], num_dense: int,
+                 table_factory: Optional[TableFactory] = None) -> None:
+        super().__init__(features, num_dense, table_factory, first_order=True)
         self.fm = FMInteraction()
 
     def forward(self, dense: Optional[Tensor], sparse: SparseInput) -> Tensor:
