@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # grid.py beside it (also under PYTHONSAFEPATH)
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # grid.py beside it (also under PYTHONSAFEPATH, which drops the script's folder)
+    sys.path.insert(0, _HERE)
 from grid import cells, ensure_synthetic, fmt_mean_std, paired_diff, resume  # noqa: E402
 
 METHODS = ("full", "optembed-e", "optembed-d", "optembed")
