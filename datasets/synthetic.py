@@ -26,7 +26,7 @@ Shape: like Criteo Kaggle, 13 dense (``I1..I13``) + 26 categorical (``C1..C26``)
   bias is set by bisection so the mean click probability is ``target_ctr`` (0.25).
 
 **Profiles** (:data:`PROFILES`) name the knob sets. ``v2``, the default, is calibrated (see
-``examples/calibrate_synthetic.py`` and the README's calibration section). On 2M rows, one epoch
+``examples/reproduce/calibrate_synthetic.py`` and the README's calibration section). On 2M rows, one epoch
 of DeepFM with full tables lands within 0.02 of the teacher's AUC, and folding every large field's
 ids 10x loses 0.005-0.02 AUC (real Criteo, hashing at ~10x: 0.013). To get there from ``v1``:
 

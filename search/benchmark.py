@@ -120,7 +120,7 @@ def load_benchmark_config(source: Union[str, Path, Mapping[str, Any], None] = No
     from slimembed.tables import available_methods
 
     if cfg["methods"] is None:
-        cfg["methods"] = [m for m in available_methods() if not_swept_reason(m) is None]
+        cfg["methods"] = [m for m in available_methods() if skip_reason(m) is None]
     else:
         if not isinstance(cfg["methods"], list) or not cfg["methods"]:
             raise ValueError(f"methods must be a non-empty list, got {cfg['methods']!r}")
@@ -180,27 +180,49 @@ def ensure_data(cfg: Mapping[str, Any], log: Callable[[str], None] = print) -> N
         f"(teacher AUC {rep.teacher_auc:.4f}: the best achievable)")
 
 
-def _check_generated(path: Path, gen: Mapping[str, Any]) -> None:
-    """Existing synthetic data at ``path`` must be what ``generate`` asks for (rows, seed, profile,
-    knobs): a grid never trains on data of another profile without saying so."""
+def synthetic_mismatch(path: Union[str, Path], gen: Mapping[str, Any]) -> Optional[Dict[str, Tuple[Any, Any]]]:
+    """How the synthetic data at ``path`` differs from what :func:`slimembed.datasets.generate`
+    would make from the arguments ``gen`` (rows, seed, scale, profile, knobs): ``{key: (wanted,
+    found)}``, empty when it is that data, ``None`` when ``path`` holds no synthetic data.
+
+    The one data-cache rule of the benchmark and of the reproduction grids
+    (``examples/reproduce/grid.py``): data is reused exactly when this is empty
+    (docs/architecture.md §5). Data made before profiles existed reads as ``v1``.
+    """
     from slimembed.ctr.experiment import data_identity
     from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, generate, resolve_profile
 
     have = data_identity(path)
-    if "profile" not in have:  # not synthetic: `generate` only says how to make the data when it is missing
-        return
-    # everything `generate` would use: its defaults, the profile's knobs, then what the config says
+    if "profile" not in have:
+        return None
+    # everything `generate` would use: its defaults, the profile's knobs, then what `gen` says
     defaults = {k: p.default for k, p in inspect.signature(generate).parameters.items()
                 if k in ("rows", "scale", "seed", "target_ctr", "small_field_max")}
     want = {**defaults, **gen}
-    profile = want.pop("profile", DEFAULT_PROFILE)
+    profile = want.pop("profile", None) or DEFAULT_PROFILE
     overrides = {k: want.pop(k) for k in list(want) if k in PROFILES.get(profile, {})}
     want.update(resolve_profile(profile, **overrides), profile=profile)
-    diff = {k: (v, have[k]) for k, v in want.items() if k in have and have[k] != v}
-    if diff:
+    return {k: (v, have[k]) for k, v in want.items() if k in have and have[k] != v}
+
+
+def _check_generated(path: Path, gen: Mapping[str, Any]) -> None:
+    """Existing synthetic data at ``path`` must be what ``generate`` asks for (rows, seed, profile,
+    knobs): a grid never trains on data of another profile without saying so."""
+    diff = synthetic_mismatch(path, gen)
+    if diff:  # None: not synthetic; `generate` only says how to make the data when it is missing
         detail = ", ".join(f"{k}: config {a!r}, data {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"{path} holds synthetic data other than `generate` asks for ({detail}); "
                          "point experiment.data.path elsewhere or remove the directory")
+
+
+def skip_reason(method: str) -> Optional[str]:
+    """Why grids leave ``method`` out by default (``None``: it is swept), from its table class."""
+    from slimembed.tables import get_table_class
+
+    cls = get_table_class(method)
+    if hasattr(cls, "not_swept_reason"):
+        return cls.not_swept_reason
+    return not_swept_reason(method)  # tables without the class attribute yet (docs/architecture.md §3)
 
 
 def plan_cells(cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
@@ -272,7 +294,7 @@ def run_benchmark(config: Union[str, Path, Mapping[str, Any], None] = None, over
             log(f"[benchmark] {cell['id']}: infeasible ({pr.message})")
             continue
         if pr.status in ("not_budgeted", "error"):
-            why = not_swept_reason(cell["method"]) or pr.message
+            why = skip_reason(cell["method"]) or pr.message
             status = "excluded" if pr.status == "not_budgeted" else "failed"
             atomic_write_json({"benchmark": {**info, "status": status, "message": why}}, path)
             log(f"[benchmark] {cell['id']}: {status}: {why}")
@@ -411,4 +433,4 @@ def _count(xs: Sequence[str]) -> Dict[str, int]:
 
 
 __all__ = ["DEFAULT_BENCHMARK", "cell_id", "ensure_data", "load_benchmark_config", "plan_cells",
-           "run_benchmark", "write_results"]
+           "run_benchmark", "skip_reason", "synthetic_mismatch", "write_results"]

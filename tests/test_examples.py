@@ -36,23 +36,37 @@ def test_replace_embeddingbag():
     assert ratio > 5
 
 
-def test_device_parity_smoke():
+def reproduce(name: str):
+    """A script of examples/reproduce/ as a module, to drive in-process through its main(argv)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"reproduce_{name}", ROOT / "examples" / "reproduce" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_device_parity_smoke(capsys):
     # On a CPU-only machine this compares the CPU with itself: it checks the script runs for
     # every method (the real check is `--device cuda` on a GPU machine).
-    out = run_example("device_parity.py", "--device", "cpu", "--batch-size", "256")
+    assert reproduce("device_parity").main(["--device", "cpu", "--batch-size", "256"]) == 0
+    out = capsys.readouterr().out
     assert "parity: 0 failure(s)" in out
     for method in ("full", "hash", "qr", "robe", "tt", "dhe", "unified", "optembed"):
         assert f"| {method} | forward |" in out
 
 
-def test_calibrate_synthetic(tmp_path):
+def test_calibrate_synthetic(tmp_path, capsys):
+    cal = reproduce("calibrate_synthetic")
     out_dir = tmp_path / "cal"
     args = ["--rows", "6000", "--hidden", "8", "--folds", "10", "--threads", "1", "--out", str(out_dir),
             "--knob", "signal_gamma=0.25"]
-    out = run_example("calibrate_synthetic.py", *args)
+    assert cal.main(args) == 0
+    out = capsys.readouterr().out
     assert "| fold10_min0 |" in out and "| lr |" in out and "full DeepFM vs teacher" in out
     meta = (out_dir / "summary.md").read_text()
     assert "profile v2" in meta and "signal_gamma 0.25" in meta
     # resumable: a second call reuses the records instead of training again
-    again = run_example("calibrate_synthetic.py", *args[:-2])
+    assert cal.main(args[:-2]) == 0
+    again = capsys.readouterr().out
     assert "[calibrate] training" not in again and "| fold10_min0 |" in again

@@ -1,10 +1,15 @@
-"""The Unified Embedding grid command: arms with knobs, resumable runs, summaries."""
+"""The Unified Embedding grid (examples/reproduce/unified.py): arms with knobs, resumable runs, summaries."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
-from slimembed.ctr import unified_experiment as ue
+REPRODUCE = Path(__file__).resolve().parents[2] / "examples" / "reproduce"
+_spec = importlib.util.spec_from_file_location("reproduce_unified", REPRODUCE / "unified.py")
+ue = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ue)
 
 
 def test_parse_arm():

@@ -21,6 +21,16 @@ from slimembed.tables import CompactOptEmbedTable, OptEmbedTable
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def reproduce_optembed():
+    """examples/reproduce/optembed.py (the grid runner lives outside the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_optembed", ROOT / "examples" / "reproduce" / "optembed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models: one thread is faster than two on a shared, busy machine."""
@@ -335,7 +345,7 @@ def test_cli_and_example_run(tiny_data, tmp_path):
 
 
 def test_experiment_command_tiny_and_resumable(tmp_path, capsys):
-    from slimembed.search import optembed_experiment as exp
+    exp = reproduce_optembed()
 
     argv = ["--out", str(tmp_path / "exp"), "--rows", "2000", "--scale", "0.0001", "--models", "deepfm",
             "--seeds", "0", "--dim", "4", "--hidden", "8", "--epochs", "1", "--generations", "1",
@@ -364,7 +374,7 @@ def test_experiment_command_tiny_and_resumable(tmp_path, capsys):
 
 
 def test_experiment_budget_methods():
-    from slimembed.search.optembed_experiment import parse_method
+    parse_method = reproduce_optembed().parse_method
 
     assert parse_method("optembed@10x") == ("optembed", 10.0)
     assert parse_method("hash@100") == ("hash", 100.0)
@@ -376,19 +386,26 @@ def test_experiment_budget_methods():
 
 
 def test_experiment_data_is_regenerated_for_another_profile(tmp_path):
-    from slimembed.search import optembed_experiment as oe
+    oe = reproduce_optembed()
+
+    from slimembed.ctr.experiment import data_identity
 
     d = tmp_path / "data"
     oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v1")
-    assert json.loads((d / "experiment_params.json").read_text()) == {"rows": 1000, "seed": 0, "scale": 0.0005}
+    # the data's own identity (schema.json) is what reuse is decided on; no marker file beside it
+    assert {k: data_identity(d)[k] for k in ("rows", "seed", "scale", "profile")} == {
+        "rows": 1000, "seed": 0, "scale": 0.0005, "profile": "v1"}
     meta = oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v2")  # not the v1 data again
     assert meta["generator"]["profile"] == "v2"
-    assert json.loads((d / "experiment_params.json").read_text())["profile"] == "v2"
+    assert data_identity(d)["profile"] == "v2"
+    mtime = (d / "schema.json").stat().st_mtime_ns
+    oe.ensure_data(d, 1000, seed=0, scale=0.0005, profile="v2")  # the same arguments: reused
+    assert (d / "schema.json").stat().st_mtime_ns == mtime
 
 
 def test_experiment_directory_keeps_one_dataset(tmp_path):
     from slimembed.ctr.experiment import claim_output_data
-    from slimembed.search import optembed_experiment as oe
+    oe = reproduce_optembed()
 
     out = tmp_path / "exp"
     d = out / "data"

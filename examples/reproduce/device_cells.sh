@@ -2,7 +2,7 @@
 # Benchmark cells on a CUDA machine, one process per (method, seed), all at once: the slow-on-CPU
 # methods of the hashing grid (tt, dhe) without the full-table reference (which the CPU grid has).
 #
-#   OUT=runs/device_cells CELLS="dhe:0 dhe:1 dhe:2 tt:1 tt:2" bash examples/device_cells.sh
+#   OUT=runs/device_cells CELLS="dhe:0 dhe:1 dhe:2 tt:1 tt:2" bash examples/reproduce/device_cells.sh
 #
 # Cells land in $WORK/grid/cells (the same files as `slimembed benchmark --config
 # docs/grid_hashing.yaml` writes); $OUT/cells.tar is refreshed every 5 s so a run cut short still
@@ -10,7 +10,7 @@
 # --dry-run to tabulate them together. PROFILE is the synthetic preset of that grid's data (v1 for
 # docs/grid_hashing.yaml).
 set -u
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-runs/device_cells}
 WORK=${WORK:-runs/device_cells_work}
@@ -19,7 +19,7 @@ PROFILE=${PROFILE:-v1}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK/logs"
-. "$ROOT/examples/device_env.sh"
+. "$ROOT/examples/reproduce/device_env.sh"
 t0=$(date +%s)
 DATA="$WORK/data_${PROFILE}_${ROWS:-2000000}"  # one directory per profile and size
 $PY -c "

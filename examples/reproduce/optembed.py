@@ -1,14 +1,14 @@
 """OptEmbed against the full table on synthetic Criteo-like data: DeepFM and DCN, 3 seeds.
 
-    python -m slimembed.search.optembed_experiment --out runs/optembed_exp          # the full grid
-    python -m slimembed.search.optembed_experiment --out /tmp/oe --rows 50000 --seeds 0 \\
-        --generations 2 --epochs 1                                                # a smoke run
+    python examples/reproduce/optembed.py --out runs/optembed_exp          # the full grid
+    python examples/reproduce/optembed.py --out /tmp/oe --rows 50000 --seeds 0 \\
+        --generations 2 --epochs 1                                       # a smoke run
 
 For every model (``deepfm``, ``dcn``), method (``full``, ``optembed-e``, ``optembed-d``,
 ``optembed``) and seed, one run directory ``OUT/runs/MODEL/METHOD/seedS``: ``full`` is one
 :func:`~slimembed.ctr.trainer.train_and_evaluate` (``result.json``), the OptEmbed variants are
 the resumable pipeline of :mod:`slimembed.search.optembed` (``summary.json``). The data is
-generated once into ``OUT/data`` (reused when its parameters match). Everything resumes: a killed
+generated once into ``OUT/data`` (reused while it is what the parameters make: ``grid.py``). Everything resumes: a killed
 run continues at its last checkpoint / stage / generation, finished runs are read back, so the
 same command can be rerun until the table is complete. The table (test AUC, logloss, kept rows,
 exported field-table bytes, search time; mean ± std over seeds) is printed as Markdown and
@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # grid.py beside it (also under PYTHONSAFEPATH, which drops the script's folder)
+    sys.path.insert(0, _HERE)
+from grid import cells, ensure_synthetic, fmt_mean_std, paired_diff, resume  # noqa: E402
 
 METHODS = ("full", "optembed-e", "optembed-d", "optembed")
 # Baselines trained under the same protocol at a byte budget (``hash@10x``): the field table
@@ -67,24 +72,12 @@ MODELS = ("deepfm", "dcn")
 
 def ensure_data(data_dir: Path, rows: int, seed: int = 0, scale: float = 0.02,
                 profile: Optional[str] = None) -> Dict[str, Any]:
-    """Generate the synthetic Criteo-like data once (reused when rows/seed/scale/profile match)."""
-    from slimembed.datasets import DEFAULT_PROFILE, generate, load_processed
+    """Generate the synthetic Criteo-like data once (reused while it is what rows/seed/scale/profile
+    make, :func:`grid.ensure_synthetic`; runs under ``data_dir``'s parent keep theirs)."""
+    from slimembed.datasets import load_processed
 
-    profile = profile or DEFAULT_PROFILE
-    wanted = {"rows": rows, "seed": seed, "scale": scale}
-    if profile != "v1":  # markers written before profiles existed describe v1 data
-        wanted["profile"] = profile
-    marker = data_dir / "experiment_params.json"
-    if not ((data_dir / "schema.json").exists() and marker.exists() and json.loads(marker.read_text()) == wanted):
-        claimed = data_dir.parent / "data_identity.json"
-        if claimed.exists():  # runs of this directory were made on the data about to be replaced
-            raise ValueError(f"{data_dir} was made with other parameters than {wanted} and "
-                             f"{data_dir.parent} holds runs on it; use another --out")
-        t0 = time.perf_counter()
-        print(f"[exp] generating {rows:,} synthetic Criteo-like rows into {data_dir} ...", flush=True)
-        generate(str(data_dir), rows=rows, seed=seed, scale=scale, profile=profile)
-        marker.write_text(json.dumps(wanted))
-        print(f"[exp] generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    ensure_synthetic(data_dir, rows=rows, seed=seed, scale=scale, profile=profile, claimed_by=data_dir.parent,
+                     log=lambda s: print(f"[exp] {s}", flush=True))
     return load_processed(str(data_dir)).schema.meta
 
 
@@ -109,14 +102,17 @@ def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str
              method: str = "full", compression: Optional[float] = None) -> Dict[str, Any]:
     """The uncompressed baseline (or ``method`` at ``compression`` for the field table, the
     first-order table full), resumable through the trainer's checkpoints."""
+    return resume(run_dir / "result.json",
+                  lambda: _train_full(args, data_dir, run_dir, model, seed, method, compression))[0]
+
+
+def _train_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, seed: int,
+                method: str, compression: Optional[float]) -> Dict[str, Any]:
     from slimembed.ctr.models import make_model
     from slimembed.ctr.trainer import train_and_evaluate, seed_everything
     from slimembed.datasets import load_processed, make_loader
     from slimembed.tables import make_table, memory_report
 
-    done = run_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
     schema = load_processed(str(data_dir)).schema
     mcfg = model_config(args, model)
     name, dim = mcfg.pop("name"), mcfg.pop("embedding_dim")
@@ -145,20 +141,20 @@ def run_full(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str
         "search_time_s": 0.0, "total_time_s": time.perf_counter() - t0, "epochs": rec["epochs_completed"],
         "device": args.device,
     }
-    from slimembed.ctr.trainer import atomic_write_json
-
-    atomic_write_json(row, done)
     return row
 
 
 def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, method: str,
                  seed: int, compression: Optional[float] = None) -> Dict[str, Any]:
     """One OptEmbed pipeline (resumes at its last stage / generation)."""
+    return resume(run_dir / "row.json",
+                  lambda: _search_optembed(args, data_dir, run_dir, model, method, seed, compression))[0]
+
+
+def _search_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model: str, method: str,
+                     seed: int, compression: Optional[float]) -> Dict[str, Any]:
     from slimembed.search.optembed import run_pipeline
 
-    done = run_dir / "row.json"
-    if done.exists():
-        return json.loads(done.read_text())
     t0 = time.perf_counter()
     cfg = {
         "data": data_config(args, data_dir),
@@ -182,9 +178,6 @@ def run_optembed(args: argparse.Namespace, data_dir: Path, run_dir: Path, model:
         "this_process_s": time.perf_counter() - t0,
         "dims": summary["dims"], "device": args.device,
     }
-    from slimembed.ctr.trainer import atomic_write_json
-
-    atomic_write_json(row, done)
     return row
 
 
@@ -196,13 +189,17 @@ def full_field_bytes(data_dir: Path, args: argparse.Namespace) -> int:
     return sum(int(f.num_embeddings) for f in load_processed(str(data_dir)).schema.features(args.dim)) * args.dim * 4
 
 
-def _ms(values: Sequence[float], fmt: str) -> str:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return "—"
-    if len(vals) == 1:
-        return format(vals[0], fmt)
-    return f"{format(statistics.mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt)}"
+_ms = fmt_mean_std
+
+
+def paired_vs_full(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (model, method) other than ``full``: the test-AUC difference to ``full`` paired by seed,
+    with its 95% t-interval (:func:`grid.paired_diff`)."""
+    auc: Dict[tuple, Dict[int, float]] = {}
+    for r in rows:
+        auc.setdefault((r["model"], r["method"]), {})[r["seed"]] = r["test_auc"]
+    return [{"model": m, "method": meth, "test_auc_diff": paired_diff(by_seed, auc[(m, "full")])}
+            for (m, meth), by_seed in auc.items() if meth != "full" and (m, "full") in auc]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -230,7 +227,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES
 
-    p = argparse.ArgumentParser(prog="python -m slimembed.search.optembed_experiment",
+    p = argparse.ArgumentParser(prog="python examples/reproduce/optembed.py",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/optembed_exp")
     p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (8:1:1 train/val/test)")
@@ -286,7 +283,7 @@ def write_summary(out: Path, rows: List[Dict[str, Any]], args: argparse.Namespac
     from slimembed.ctr.trainer import atomic_write_json
 
     table = markdown_table(rows)
-    atomic_write_json({"args": vars(args), "rows": rows}, out / "results.json")
+    atomic_write_json({"args": vars(args), "rows": rows, "vs_full": paired_vs_full(rows)}, out / "results.json")
     (out / "results.md").write_text(table + "\n")
     return table
 
@@ -319,21 +316,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[exp] teacher AUC (the best achievable on this data): {gen['teacher_auc']:.4f}", flush=True)
     rows = []
     t0 = time.perf_counter()
-    for model in args.models:
-        for method in args.methods:
-            for seed in args.seeds:
-                run_dir = out / "runs" / model / method / f"seed{seed}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                print(f"[exp] {model} / {method} / seed {seed}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-                name, comp = parse_method(method)
-                if name == "full" or name in BUDGET_BASELINES:
-                    row = run_full(args, data_dir, run_dir, model, seed, method=name, compression=comp)
-                else:
-                    row = run_optembed(args, data_dir, run_dir, model, name, seed, compression=comp)
-                print(f"[exp]   test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, "
-                      f"kept rows {row['kept_rows']:,}/{row['rows']:,}, exported {row['exported_bytes']:,} bytes",
-                      flush=True)
-                rows.append(row)
+    for cell in cells([("model", args.models), ("method", args.methods), ("seed", args.seeds)]):
+        model, method, seed = cell["model"], cell["method"], cell["seed"]
+        run_dir = out / "runs" / model / method / f"seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[exp] {model} / {method} / seed {seed}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        name, comp = parse_method(method)
+        if name == "full" or name in BUDGET_BASELINES:
+            row = run_full(args, data_dir, run_dir, model, seed, method=name, compression=comp)
+        else:
+            row = run_optembed(args, data_dir, run_dir, model, name, seed, compression=comp)
+        print(f"[exp]   test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, "
+              f"kept rows {row['kept_rows']:,}/{row['rows']:,}, exported {row['exported_bytes']:,} bytes",
+              flush=True)
+        rows.append(row)
     table = write_summary(out, rows, args)
     print()
     print(table)

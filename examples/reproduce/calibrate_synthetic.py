@@ -10,7 +10,7 @@ add over first order (Criteo_x1 in BARS: +0.025). The summary (also OUT/summary.
 each target is met: full DeepFM within 0.02 of the teacher's AUC, the 10x fold losing 0.005-0.02,
 100x losing more. Each run writes OUT/NAME.json and is skipped when that file exists (resumable).
 
-    python examples/calibrate_synthetic.py --rows 2000000 --out runs/calib_v2 --fold-min-rows 1000 --threads 1
+    python examples/reproduce/calibrate_synthetic.py --rows 2000000 --out runs/calib_v2 --fold-min-rows 1000 --threads 1
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional, Sequence
 
 from slimembed.ctr.experiment import load_config, run_experiment
 from slimembed.datasets import generate
@@ -27,7 +28,7 @@ TARGET_TEACHER_GAP = 0.02  # full DeepFM within this of the teacher's AUC
 TARGET_FOLD10 = (0.005, 0.02)  # AUC a 10x fold loses (real Criteo, hashing at ~10x: 0.013)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES, generator_meta, parse_knob
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +47,7 @@ def main() -> None:
     p.add_argument("--no-lr", action="store_true", help="skip the logistic-regression reference run")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (1 on a shared machine)")
     p.add_argument("--data", default=None, help="reuse this processed directory instead of OUT/data")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     out = Path(a.out)
     data = Path(a.data) if a.data else out / "data"
     if not (data / "schema.json").exists():
@@ -85,6 +86,7 @@ def main() -> None:
     text = summary(results, meta, a)
     print("\n" + text)
     (out / "summary.md").write_text(text + "\n")
+    return 0
 
 
 def summary(results: dict, meta: dict, a: argparse.Namespace) -> str:
@@ -130,4 +132,4 @@ def summary(results: dict, meta: dict, a: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-# Sourced by the examples/device_*.sh scripts (with ROOT set to the checkout): run slimembed from
+# Sourced by the examples/reproduce/device_*.sh scripts (with ROOT set to the checkout): run slimembed from
 # this checkout on a machine where it is not installed (a GPU image has torch and the rest),
 # through a PYTHONPATH shim that maps slimembed.{ctr,tables,search,datasets} to the top-level
 # folders, as pyproject.toml does.

@@ -11,7 +11,7 @@ feeds both the same Zipf-like id batch ``[B, F]`` and compares
 
 Run it on a GPU machine::
 
-    python examples/device_parity.py --device cuda
+    python examples/reproduce/device_parity.py --device cuda
 
 With ``--device cpu`` it compares the CPU with itself (a smoke run of the script; the tests do
 that). Differences are reported as max |a - b|; the script exits 1 when one exceeds ``--atol``

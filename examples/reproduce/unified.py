@@ -11,29 +11,34 @@ several seeds, four arms:
 
 Every run goes through :func:`slimembed.ctr.experiment.run_experiment` (the same trainer, loaders
 and JSON records as ``slimembed train``) and writes ``<out>/runs/<model>/<method>_<budget>_s<seed>.json``;
-a run whose JSON exists is skipped, so an interrupted grid resumes where it stopped. The
+a run whose JSON exists is skipped, so an interrupted grid resumes where it stopped (``grid.py``). The
 compression applies to every table of a model (DeepFM's first-order table too). At the end the
 records are summarised as a Markdown table of test AUC (mean ± std over seeds) and table bytes,
 printed and written to ``<out>/summary.md`` (and ``summary.json``).
 
 Full grid (the lead schedules it)::
 
-    python -m slimembed.ctr.unified_experiment --rows 2000000 --seeds 0 1 2 --out runs/unified
+    python examples/reproduce/unified.py --rows 2000000 --seeds 0 1 2 --out runs/unified
 
 A smoke run::
 
-    python -m slimembed.ctr.unified_experiment --rows 50000 --seeds 0 --out /tmp/ue_tiny
+    python examples/reproduce/unified.py --rows 50000 --seeds 0 --out /tmp/ue_tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # grid.py beside it (also under PYTHONSAFEPATH, which drops the script's folder)
+    sys.path.insert(0, _HERE)
+from grid import cells, ensure_synthetic, mean_std, paired_diff, resume  # noqa: E402
 
 METHODS = ("full", "hash", "multiplexed", "unified")
 MODELS = ("dcnv2", "deepfm")
@@ -72,31 +77,28 @@ def run_name(model: str, method: str, compression: Optional[float], seed: int) -
 
 
 def ensure_data(out: Path, rows: int, scale: float, data_seed: int, profile: Optional[str] = None) -> Path:
-    """The synthetic dataset of this grid (generated once; reused when its knobs match)."""
-    from slimembed.datasets import DEFAULT_PROFILE, generate
+    """The synthetic dataset of this grid (generated once; reused while it is what these
+    arguments make, :func:`grid.ensure_synthetic`)."""
+    from slimembed.datasets import DEFAULT_PROFILE
 
     profile = profile or DEFAULT_PROFILE
     # v1 data keeps its old directory name, so earlier grids resume on the data they started with
     suffix = "" if profile == "v1" else f"_{profile}"
     path = out / f"data_{rows}_scale{scale:g}_seed{data_seed}{suffix}"
-    report = path / "report.json"
-    if (path / "schema.json").exists() and report.exists():
-        return path
-    print(f"[unified-experiment] generating {rows:,} synthetic Criteo-like rows in {path}", flush=True)
-    generate(path, rows=rows, scale=scale, seed=data_seed, profile=profile)
-    return path
+    return ensure_synthetic(path, rows=rows, seed=data_seed, scale=scale, profile=profile, claimed_by=out,
+                            log=lambda s: print(f"[unified-experiment] {s}", flush=True))
 
 
 def grid(models: Sequence[str], methods: Sequence[str], compressions: Sequence[float],
          seeds: Sequence[int]) -> List[Dict[str, Any]]:
-    """The runs, in an order that gives a complete first seed early."""
-    runs = []
-    for seed in seeds:
-        for model in models:
-            for method in methods:
-                for c in ([None] if method == "full" else compressions):
-                    runs.append({"model": model, "method": method, "compression": c, "seed": seed})
-    return runs
+    """The runs, in an order that gives a complete first seed early.
+
+    >>> [run_name(**r) for r in grid(["deepfm"], ["full", "hash"], [10.0, 50.0], [0])]
+    ['deepfm/full_full_s0', 'deepfm/hash_10x_s0', 'deepfm/hash_50x_s0']
+    """
+    runs = cells([("seed", list(seeds)), ("model", list(models)), ("method", list(methods)),
+                  ("compression", list(compressions))], budget_axis="compression")
+    return [{k: r[k] for k in ("model", "method", "compression", "seed")} for r in runs]
 
 
 def experiment_config(run: Dict[str, Any], data: Path, out: Path, args: argparse.Namespace) -> Dict[str, Any]:
@@ -131,12 +133,13 @@ def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
     for i, run in enumerate(runs):
         cfg = experiment_config(run, data, out, args)
         path = Path(cfg["output"])
-        if path.exists():
-            done += 1
-            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        rec = run_experiment(cfg, extra={"unified_experiment": run})
+        # the record keeps the key "unified_experiment": summaries of older grids read it
+        rec, resumed = resume(path, lambda: run_experiment(cfg, extra={"unified_experiment": run}))
+        if resumed:
+            done += 1
+            continue
         auc = (rec["metrics"].get("test") or {}).get("auc")
         print(f"[{i + 1}/{len(runs)}] {run_name(**run)}: test AUC {auc:.4f}, "
               f"tables {rec['memory']['table_bytes']:,} B, {time.perf_counter() - t0:.0f} s", flush=True)
@@ -147,7 +150,8 @@ def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
               include: Sequence[Path] = ()) -> str:
-    """Markdown table of mean ± std test AUC and bytes per (model, method, budget).
+    """Markdown table of mean ± std test AUC and bytes per (model, method, budget); ``summary.json``
+    adds each arm's paired AUC difference to ``full`` (same model and seeds) with its 95% t-interval.
 
     ``include``: more grid directories (e.g. runs made on a GPU machine) merged in; a run
     (model, arm, budget, seed) found in several is taken from the first (``out`` first). The
@@ -174,26 +178,32 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
     for model, method, comp in keys:
         recs = groups[(model, method, comp)]
         aucs = [r["metrics"]["test"]["auc"] for r in recs if (r["metrics"].get("test") or {}).get("auc") is not None]
-        mean = statistics.fmean(aucs) if aucs else math.nan
-        std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        mean, std = mean_std(aucs)
         tb = statistics.fmean(r["memory"]["table_bytes"] for r in recs)
         ratio = statistics.fmean(r["memory"]["ratio"] for r in recs)
         devices = sorted({str(r.get("config", {}).get("device", "cpu")) for r in recs})
         lines.append(f"| {model} | {budget_tag(comp)} | {method} | {mean:.4f} ± {std:.4f} | "
                      f"{tb:,.0f} | {ratio:.1f}x | {len(aucs)} | {'+'.join(devices)} |")
-        rows_json.append({"model": model, "method": method, "compression": comp, "auc_mean": mean,
-                          "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs),
-                          "devices": devices})
+        row = {"model": model, "method": method, "compression": comp, "auc_mean": mean,
+               "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs), "devices": devices}
+        if method != "full" and (model, "full", None) in groups:
+            row["auc_diff_vs_full"] = paired_diff(_auc_by_seed(recs), _auc_by_seed(groups[(model, "full", None)]))
+        rows_json.append(row)
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps(rows_json, indent=2))
     return text
 
 
+def _auc_by_seed(recs: Sequence[Dict[str, Any]]) -> Dict[int, float]:
+    return {r["extra"]["unified_experiment"]["seed"]: r["metrics"]["test"]["auc"] for r in recs
+            if (r["metrics"].get("test") or {}).get("auc") is not None}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from slimembed.datasets.synthetic import DEFAULT_PROFILE, PROFILES
 
-    p = argparse.ArgumentParser(prog="python -m slimembed.ctr.unified_experiment",
+    p = argparse.ArgumentParser(prog="python examples/reproduce/unified.py",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/unified")
     p.add_argument("--rows", type=int, default=2_000_000)

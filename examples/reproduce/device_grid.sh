@@ -5,8 +5,8 @@
 # x 3 seeds) on 2M synthetic rows, one
 # process per (model, seed) so the GPU is shared by many small jobs.
 #
-#   OUT=runs/device GRID_SECONDS=420 bash examples/device_grid.sh
-#   ROWS=50000 GRID_SECONDS=120 DEVICE=cpu bash examples/device_grid.sh     # a rehearsal on a CPU
+#   OUT=runs/device GRID_SECONDS=420 bash examples/reproduce/device_grid.sh
+#   ROWS=50000 GRID_SECONDS=120 DEVICE=cpu bash examples/reproduce/device_grid.sh     # a rehearsal on a CPU
 #
 # PROFILE picks the synthetic teacher preset (default v2; the committed H200 results used v1).
 #
@@ -15,7 +15,7 @@
 # Every run is resumable and written as it finishes; the grids stop after GRID_SECONDS, and what
 # finished is tabulated. Results: $OUT/{parity.md,bench_tables.md,optembed.md,unified.md,runs.tar.gz}.
 set -u
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-runs/device}
 ROWS=${ROWS:-2000000}
@@ -25,7 +25,7 @@ GRID_SECONDS=${GRID_SECONDS:-420}
 WORK=${WORK:-runs/device_work}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
-. "$ROOT/examples/device_env.sh"
+. "$ROOT/examples/reproduce/device_env.sh"
 $PY -c "import torch, slimembed.tables as t; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" || exit 1
 
 t0=$(date +%s)
@@ -38,7 +38,7 @@ if not os.path.exists('$DATA/schema.json'):
     generate('$DATA', rows=$ROWS, seed=0, scale=0.02, profile='$PROFILE', progress=False)
 " > "$OUT/generate.log" 2>&1 &
 gen=$!
-timeout 60 $PY examples/device_parity.py --device "$DEVICE" > "$OUT/parity.md" 2>&1
+timeout 60 $PY examples/reproduce/device_parity.py --device "$DEVICE" > "$OUT/parity.md" 2>&1
 echo "parity exit $? ($(( $(date +%s) - t0 )) s)"; tail -1 "$OUT/parity.md"
 timeout 90 $PY -c "from slimembed.ctr.bench_tables import main; main(['--device', '$DEVICE', '--steps', '20', '--rounds', '3', '--json', '$OUT/bench_tables.json'])" > "$OUT/bench_tables.md" 2>&1
 echo "bench exit $? ($(( $(date +%s) - t0 )) s)"
@@ -49,7 +49,7 @@ mkdir -p "$WORK/logs"
 pids=()
 for model in deepfm dcn; do
   for seed in 0 1 2; do
-    timeout "$GRID_SECONDS" $PY -m slimembed.search.optembed_experiment --out "$WORK/optembed" --data "$DATA" \
+    timeout "$GRID_SECONDS" $PY examples/reproduce/optembed.py --out "$WORK/optembed" --data "$DATA" \
       --models $model --seeds $seed --methods full optembed optembed-e optembed-d --device "$DEVICE" --threads 1 \
       > "$WORK/logs/optembed_${model}_s$seed.log" 2>&1 &
     pids+=($!)
@@ -57,7 +57,7 @@ for model in deepfm dcn; do
 done
 for model in dcnv2 deepfm; do
   for seed in 0 1 2; do
-    timeout "$GRID_SECONDS" $PY -m slimembed.ctr.unified_experiment --out "$WORK/unified" --data "$DATA" \
+    timeout "$GRID_SECONDS" $PY examples/reproduce/unified.py --out "$WORK/unified" --data "$DATA" \
       --models $model --seeds $seed --methods full hash multiplexed unified 'unified[chunks=4]' \
       --device "$DEVICE" --threads 1 \
       > "$WORK/logs/unified_${model}_s$seed.log" 2>&1 &
@@ -66,8 +66,8 @@ for model in dcnv2 deepfm; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 echo "grids stopped ($(( $(date +%s) - t0 )) s)"
-$PY -m slimembed.search.optembed_experiment --out "$WORK/optembed" --summary-only > "$OUT/optembed.md" 2>&1
-$PY -m slimembed.ctr.unified_experiment --out "$WORK/unified" --summary-only > "$OUT/unified.md" 2>&1
+$PY examples/reproduce/optembed.py --out "$WORK/optembed" --summary-only > "$OUT/optembed.md" 2>&1
+$PY examples/reproduce/unified.py --out "$WORK/unified" --summary-only > "$OUT/unified.md" 2>&1
 cat "$OUT/optembed.md" "$OUT/unified.md"
 # Records and logs, without checkpoints or data.
 tar -czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='*/ckpt/*' --exclude="$DATA" -C "$WORK" logs optembed unified 2>/dev/null
