@@ -334,23 +334,41 @@ def prepare_criteo_parallel(files: List[str], out_dir: str, *, workers: int, spl
 
 # -- generate --format tsv ----------------------------------------------------------------------
 
-def write_tsv_parallel(make_table: Callable[[int], Any], n_chunks: int, part_path: Callable[[int], Path],
-                       workers: int) -> List[Any]:
-    """Run ``make_table(c) -> (arrow table, extra)`` for chunks ``0..n_chunks-1`` in ``workers``
-    forked processes; each chunk's TSV text goes to ``part_path(c)``. Returns the ``extra`` of
-    every chunk, in order (the caller concatenates the part files in order)."""
-    ctx = mp.get_context("fork")
-    global _MAKE_TABLE, _PART_PATH
-    _MAKE_TABLE, _PART_PATH = make_table, part_path  # inherited by the forked workers
+def write_tsv_parallel(make_chunk: Callable[[int], Any], n_chunks: int, files: Sequence[str],
+                       workers: int, tmp: Path) -> List[Any]:
+    """Write chunks ``0..n_chunks-1`` of TSV files in ``workers`` forked processes.
+
+    ``make_chunk(c) -> ([(file index, arrow table)], extra)``; each table's TSV text goes to a
+    part file under ``tmp``, and the parts are appended to ``files`` in chunk order (the same
+    bytes as one process writing chunk after chunk). Returns every chunk's ``extra``, in order.
+    """
+    global _MAKE_TABLE, _TMP
+    tmp = Path(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _MAKE_TABLE, _TMP = make_chunk, tmp  # inherited by the forked workers
+    outs = [open(p, "wb") for p in files]
+    extras: List[Any] = []
     try:
-        with ctx.Pool(workers) as pool:
-            return pool.map(_tsv_chunk, range(n_chunks), chunksize=1)
+        with mp.get_context("fork").Pool(workers) as pool:
+            # imap keeps the order; the parent appends each chunk's parts as they arrive
+            for c, (ks, extra) in enumerate(pool.imap(_tsv_chunk, range(n_chunks), chunksize=1)):
+                for k in ks:
+                    part = tmp / f"{c:07d}.{k}"
+                    with open(part, "rb") as fi:
+                        shutil.copyfileobj(fi, outs[k], 16 << 20)
+                    part.unlink()
+                extras.append(extra)
     finally:
-        _MAKE_TABLE = _PART_PATH = None
+        _MAKE_TABLE = _TMP = None
+        for f in outs:
+            f.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return extras
 
 
 _MAKE_TABLE: Optional[Callable] = None
-_PART_PATH: Optional[Callable] = None
+_TMP: Optional[Path] = None
 
 
 def tsv_bytes(table) -> bytes:
@@ -364,7 +382,8 @@ def tsv_bytes(table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _tsv_chunk(c: int) -> Any:
-    table, extra = _MAKE_TABLE(c)
-    Path(_PART_PATH(c)).write_bytes(tsv_bytes(table))
-    return extra
+def _tsv_chunk(c: int) -> Tuple[List[int], Any]:
+    slices, extra = _MAKE_TABLE(c)
+    for k, table in slices:
+        (_TMP / f"{c:07d}.{k}").write_bytes(tsv_bytes(table))
+    return [k for k, _ in slices], extra
