@@ -186,7 +186,7 @@ def format_table(cells: List[Dict]) -> str:
              "peak RSS main / largest worker (MiB) | kept vocabulary rows |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in cells:
-        lines.append(f"| {r['rows_total']:,} | {r['mode']} | {r['workers']} | {r["seconds"]:.1f} | {r["cpu_seconds"]:.1f} | "
+        lines.append(f"| {r['rows_total']:,} | {r['mode']} | {r['workers']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
                      f"{r['rows_per_s']:,.0f} | {r['peak_pss_mb']:,.0f} | {r['peak_rss_mb']:,.0f} / "
                      f"{r.get('children_peak_rss_mb', 0):,.0f} | "
                      f"{r['vocabulary_rows'] if r['mode'] == 'vocabulary' else '-'} |")
