@@ -3,9 +3,9 @@
 Example::
 
     >>> from slimembed.datasets import generate, make_loader, load_processed
-    >>> generate("synth", rows=200_000)                       # processed format, teacher AUC ~0.80
-    >>> ds = load_processed("synth"); features = ds.schema.features(16)
-    >>> for batch in make_loader("synth", "train", 4096, shuffle=True): ...
+    >>> generate("synth", rows=200_000)                       # processed format, teacher AUC ~0.80  # doctest: +SKIP
+    >>> ds = load_processed("synth"); features = ds.schema.features(16)  # doctest: +SKIP
+    >>> for batch in make_loader("synth", "train", 4096, shuffle=True): ...  # doctest: +SKIP
 
 Raw data: :func:`prepare_criteo` (Kaggle ``train.txt`` / 1TB ``day_N``), :func:`prepare_table`
 (CSV/TSV/Parquet with a :class:`TableSpec`; :data:`AVAZU_SPEC`).

@@ -157,8 +157,8 @@ def grid(rows_list: List[int], scale: float, workers_list: List[int], out: Path,
         print(json.dumps(gen), flush=True)
         with open(json_path, "a") as f:
             f.write(json.dumps({**gen, "scale": scale}) + "\n")
-        for mode in ("vocabulary", "vocabulary_free"):
-            for w in workers_list:
+        for w in workers_list:  # in the order given: put the cells that matter most first
+            for mode in ("vocabulary", "vocabulary_free"):
                 key = json.dumps([rows, mode, w])
                 if key in done:
                     continue

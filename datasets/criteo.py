@@ -19,7 +19,7 @@ and column (``on_bad_row="error"``, the default) or is dropped and counted by re
 
 Example::
 
-    >>> for chunk in CriteoReader("train.txt", chunk_rows=100_000):
+    >>> for chunk in CriteoReader("train.txt", chunk_rows=100_000):  # doctest: +SKIP
     ...     chunk.labels, chunk.dense, chunk.categorical[0]     # int8[n], int64[n, 13], C1
 """
 

@@ -68,8 +68,8 @@ def load_processed(data_dir: PathLike) -> ProcessedDataset:
 
     Example::
 
-        >>> ds = load_processed("criteo_proc")
-        >>> ds.schema.features(16), ds.splits["train"]
+        >>> ds = load_processed("criteo_proc")  # doctest: +SKIP
+        >>> ds.schema.features(16), ds.splits["train"]  # doctest: +SKIP
     """
     path = Path(data_dir)
     if not (path / "schema.json").exists():
@@ -299,8 +299,8 @@ def make_loader(data_dir: PathLike, split: str, batch_size: int, *, shuffle: boo
 
     Example::
 
-        >>> loader = make_loader("criteo_proc", "train", 4096, shuffle=True)
-        >>> for epoch in range(2):
+        >>> loader = make_loader("criteo_proc", "train", 4096, shuffle=True)  # doctest: +SKIP
+        >>> for epoch in range(2):  # doctest: +SKIP
         ...     loader.set_epoch(epoch)
         ...     for batch in loader: ...   # batch.sparse: LongTensor[B, 26]
     """

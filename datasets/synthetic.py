@@ -432,8 +432,8 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
 
     Example::
 
-        >>> rep = generate("synth", rows=200_000, seed=0)
-        >>> rep.ctr, rep.teacher_auc
+        >>> rep = generate("synth", rows=200_000, seed=0)  # doctest: +SKIP
+        >>> rep.ctr, rep.teacher_auc  # doctest: +SKIP
     """
     if format not in ("processed", "tsv"):
         raise ValueError(f"format must be 'processed' or 'tsv', got {format!r}")
