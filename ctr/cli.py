@@ -23,6 +23,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for item in args.knob:
         name, value = parse_knob(args.profile, item)
         kw[name] = value
+    if args.workers is not None:
+        if args.format != "tsv":
+            raise ValueError("--workers applies to --format tsv only")
+        kw["workers"] = args.workers
+    elif args.format == "tsv":
+        kw["workers"] = None  # every core
     rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, profile=args.profile,
                    progress=True, **kw)
     print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
@@ -39,8 +45,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     common = dict(min_count=args.min_count, split=split, seed=args.seed,
                   vocabulary_free=args.vocabulary_free, on_bad_row=args.on_bad_row)
     if args.format == "criteo":
-        rep = prepare_criteo(args.inputs, args.out, dense=args.dense, **common)
+        rep = prepare_criteo(args.inputs, args.out, dense=args.dense, workers=args.workers, **common)
     else:
+        if args.workers is not None:
+            raise ValueError("--workers applies to --format criteo only")
         from slimembed.datasets import AVAZU_SPEC
 
         if args.format == "avazu":
@@ -81,7 +89,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from slimembed.ctr.bench_tables import main as bench_tables_main
 
         return int(bench_tables_main(args.rest) or 0)
-    raise ValueError(f"unknown benchmark {args.what!r}; choose train or tables")
+    if args.what == "prepare":
+        from slimembed.datasets.bench import main as bench_prepare_main
+
+        bench_prepare_main(args.rest)
+        return 0
+    raise ValueError(f"unknown benchmark {args.what!r}; choose train, tables or prepare")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -145,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--small-field-max", type=int, default=None,
                    help="fields up to this many values keep Criteo's size (default 10000)")
     g.add_argument("--format", choices=["processed", "tsv"], default="processed")
+    g.add_argument("--workers", type=int, default=None,
+                   help="--format tsv: processes writing chunks (default: every core; same bytes for any)")
     g.set_defaults(func=_cmd_generate)
 
     r = sub.add_parser("prepare", help="preprocess raw Criteo/Avazu/CSV/Parquet into the processed format")
@@ -158,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--vocabulary-free", action="store_true", help="stable 64-bit ids, no vocabulary")
     r.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    r.add_argument("--workers", type=int, default=None,
+                   help="criteo: processes (default: every core; the output is the same bytes for any)")
     r.set_defaults(func=_cmd_prepare)
 
     t = sub.add_parser("train", help="train and evaluate one experiment from a YAML config")
@@ -166,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set table.method=hash --set table.compression=10")
     t.set_defaults(func=_cmd_train)
 
-    b = sub.add_parser("bench", help="benchmarks: train (embedding optimizers vs torchrec), tables")
-    b.add_argument("what", choices=["train", "tables"])
+    b = sub.add_parser("bench", help="benchmarks: train (embedding optimizers vs torchrec), tables, prepare")
+    b.add_argument("what", choices=["train", "tables", "prepare"])
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see `bench train --help`)")
     b.set_defaults(func=_cmd_bench)
 

@@ -112,6 +112,9 @@ class CriteoReader:
         use_threads: let pyarrow parse with several threads.
         bad_rows: a tally to add to (e.g. shared across files); a new one by default.
         prefetch: read and parse the next chunk in a background thread (one chunk ahead).
+        byte_range: read only this line-aligned ``(start, end)`` byte range of an uncompressed
+            file (parallel preprocessing, :mod:`.parallel`).
+        first_line: 1-based line number of the range's first line (for row positions and errors).
 
     Iterating yields :class:`CriteoChunk`; :attr:`lines_read` counts the lines consumed.
     """
@@ -119,8 +122,11 @@ class CriteoReader:
     def __init__(self, path: Union[str, Path], *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  on_bad_row: str = "error", max_rows: Optional[int] = None,
                  use_threads: bool = True, bad_rows: Optional[BadRows] = None,
-                 prefetch: bool = True):
+                 prefetch: bool = True, byte_range: Optional[Tuple[int, int]] = None,
+                 first_line: int = 1):
         self.path = str(path)
+        self.byte_range = byte_range
+        self.first_line = int(first_line)
         if not Path(self.path).exists():
             raise FileNotFoundError(f"Criteo input not found: {self.path}")
         self.chunk_rows = int(chunk_rows)
@@ -132,7 +138,8 @@ class CriteoReader:
         self.lines_read = 0
 
     def __iter__(self) -> Iterator[CriteoChunk]:
-        chunks = iter_line_chunks(self.path, self.chunk_rows, max_lines=self.max_rows)
+        chunks = iter_line_chunks(self.path, self.chunk_rows, max_lines=self.max_rows,
+                                  byte_range=self.byte_range, first_line=self.first_line)
 
         def next_parsed() -> Optional[CriteoChunk]:
             chunk = next(chunks, None)

@@ -95,6 +95,8 @@ CRITEO_DENSE_PROFILE: Tuple[Tuple[float, float, float, float], ...] = (
 CHUNK_ROWS = 1 << 16
 _CALIB_ROWS = 100_000
 _SPLIT_WEIGHTS = (8.0, 1.0, 1.0)
+#: Training rows (the first ones) behind the report's teacher_auc_train.
+_AUC_TRAIN_ROWS = 1_000_000
 
 
 #: Named presets of the teacher's knobs (see the module docstring, "Calibration").
@@ -397,7 +399,7 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
              noise_std: Optional[float] = None, dense_missing: Optional[str] = None,
              target_ctr: float = 0.25,
              small_field_max: int = 10_000, missing_rates: Optional[Sequence[float]] = None,
-             num_files: int = 1, progress: bool = False) -> GenerateReport:
+             num_files: int = 1, progress: bool = False, workers: int = 1) -> GenerateReport:
     """Generate a synthetic Criteo-like dataset (see the module docstring for the model).
 
     Args:
@@ -422,6 +424,8 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
         missing_rates: per C-field missing rates (default :data:`CRITEO_MISSING_RATES`).
         num_files: TSV only: write ``day_0..day_{k-1}`` instead of ``train.txt``.
         progress: show a tqdm bar.
+        workers: TSV only: processes writing chunks (``None``: every core); the files are the
+            same bytes for any value (:func:`.parallel.write_tsv_parallel`).
 
     Returns:
         a :class:`GenerateReport` (also ``out_dir/report.json``; knobs also in the schema meta).
@@ -480,7 +484,9 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=rows, unit="rows", unit_scale=True, desc="generate")
-    for c in range(math.ceil(rows / CHUNK_ROWS)):
+    n_chunks = math.ceil(rows / CHUNK_ROWS)
+
+    def draw_chunk(c: int):
         lo = c * CHUNK_ROWS
         m = min(CHUNK_ROWS, rows - lo)
         rng = np.random.default_rng([seed, 0x0C4E, c])
@@ -493,13 +499,64 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
         for f in range(len(cards)):
             r = ranks[:, f]
             values[:, f] = np.where(r < 0, -1, teacher.perm[f][np.maximum(r, 0)])
+        return lo, m, y, z, split, dense, dmiss, values
+
+    def tsv_slices(lo, m, y, dense, dmiss, values):
+        """``[(file index, table)]``: the chunk's rows as TSV tables, cut at file bounds."""
+        cols = [pa.array(y)] + [pa.array(dense[:, j], mask=dmiss[:, j]) for j in range(13)]
+        for f in range(len(cards)):
+            v = values[:, f]
+            cols.append(pc.take(hexes[f], pa.array(np.maximum(v, 0), mask=v < 0)))
+        table = pa.Table.from_arrays(cols, schema=tsv_schema)
+        out_sl = []
+        for k in range(num_files):
+            a, b = max(lo, int(bounds[k])), min(lo + m, int(bounds[k + 1]))
+            if a < b:
+                out_sl.append((k, table.slice(a - lo, b - a)))
+        return out_sl
+
+    from .parallel import resolve_workers, write_tsv_parallel
+
+    if format == "tsv" and resolve_workers(workers) > 1:
+        def make_chunk(c: int):
+            lo, m, y, z, split, dense, dmiss, values = draw_chunk(c)
+            # only the first chunks can hold the (up to) 1M training rows of the train AUC
+            keep_train = lo < 2 * _AUC_TRAIN_ROWS
+            extra = (m, [int((split == i).sum()) for i in range(3)],
+                     [int(y[split == i].sum()) for i in range(3)], z[split == 2], y[split == 2],
+                     z[split == 0] if keep_train else None, y[split == 0] if keep_train else None)
+            return tsv_slices(lo, m, y, dense, dmiss, values), extra
+
+        for w in writers:
+            w.close()
+        extras = write_tsv_parallel(make_chunk, n_chunks, files, resolve_workers(workers),
+                                    out / ".tsv_parts")
+    else:
+        extras = None
+    for c in range(n_chunks):
+        if extras is not None:
+            m, n_by, pos_by, tz_c, ty_c, rz_c, ry_c = extras[c]
+            for i, s in enumerate(SPLITS):
+                counts[s] += n_by[i]
+                pos[s] += pos_by[i]
+            test_z.append(tz_c)
+            test_y.append(ty_c)
+            if sum(len(a) for a in train_z) < _AUC_TRAIN_ROWS:
+                if rz_c is None:
+                    raise RuntimeError("generate: too few training rows in the first chunks")
+                train_z.append(rz_c)
+                train_y.append(ry_c)
+            if bar is not None:
+                bar.update(m)
+            continue
+        lo, m, y, z, split, dense, dmiss, values = draw_chunk(c)
         for i, s in enumerate(SPLITS):
             sel = split == i
             counts[s] += int(sel.sum())
             pos[s] += int(y[sel].sum())
         test_z.append(z[split == 2])
         test_y.append(y[split == 2])
-        if sum(len(a) for a in train_z) < 1_000_000:
+        if sum(len(a) for a in train_z) < _AUC_TRAIN_ROWS:
             train_z.append(z[split == 0])
             train_y.append(y[split == 0])
         if format == "processed":
@@ -514,15 +571,8 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
                     apps[s]["sparse"].append(ids[sel])
                     apps[s]["teacher"].append(p[sel])
         else:
-            cols = [pa.array(y)] + [pa.array(dense[:, j], mask=dmiss[:, j]) for j in range(13)]
-            for f in range(len(cards)):
-                v = values[:, f]
-                cols.append(pc.take(hexes[f], pa.array(np.maximum(v, 0), mask=v < 0)))
-            table = pa.Table.from_arrays(cols, schema=tsv_schema)
-            for k, w in enumerate(writers):
-                a, b = max(lo, int(bounds[k])), min(lo + m, int(bounds[k + 1]))
-                if a < b:
-                    w.write_table(table.slice(a - lo, b - a))
+            for k, sl in tsv_slices(lo, m, y, dense, dmiss, values):
+                writers[k].write_table(sl)
         if bar is not None:
             bar.update(m)
     if bar is not None:

@@ -41,7 +41,9 @@ def read_first_line(path: Union[str, Path], limit: int = 1 << 20) -> bytes:
 
 
 def iter_line_chunks(path: Union[str, Path], chunk_rows: int, *, skip_lines: int = 0,
-                     max_lines: Optional[int] = None, read_bytes: int = 8 << 20) -> Iterator[LineChunk]:
+                     max_lines: Optional[int] = None, read_bytes: int = 8 << 20,
+                     byte_range: Optional[Tuple[int, int]] = None,
+                     first_line: int = 1) -> Iterator[LineChunk]:
     """Yield chunks of ``chunk_rows`` whole lines (the last one shorter).
 
     Args:
@@ -50,21 +52,29 @@ def iter_line_chunks(path: Union[str, Path], chunk_rows: int, *, skip_lines: int
         skip_lines: lines to skip first (a header); they still count in line numbers.
         max_lines: stop after this many lines (after the skipped ones).
         read_bytes: bytes per read call.
+        byte_range: ``(start, end)`` byte offsets of an uncompressed file to read instead of the
+            whole file; both must lie on line starts (see :func:`line_aligned_cuts`).
+        first_line: 1-based line number of the first line read (the range's start line).
 
     Memory is bounded by one chunk plus one read.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     remaining = None if max_lines is None else int(max_lines)
-    line = 1
+    line = int(first_line)
     pieces: List = []
     counts: List[int] = []
     total = 0  # newlines held in pieces
     to_skip = int(skip_lines)
     eof = False
-    with _open(path) as f:
+    left = None if byte_range is None else int(byte_range[1]) - int(byte_range[0])
+    with (_open(path) if byte_range is None else pa.OSFile(str(path), "rb")) as f:
+        if byte_range is not None:
+            f.seek(int(byte_range[0]))
         while not eof:
-            piece = f.read(read_bytes)
+            piece = f.read(read_bytes if left is None else min(read_bytes, left))
+            if left is not None:
+                left -= len(piece)
             if not piece:
                 eof = True
                 if pieces and bytes(pieces[-1][-1:]) != b"\n":
@@ -94,6 +104,50 @@ def iter_line_chunks(path: Union[str, Path], chunk_rows: int, *, skip_lines: int
                     remaining -= k
             if remaining is not None and remaining <= 0:
                 return
+
+
+def line_aligned_cuts(path: Union[str, Path], pieces: int) -> List[int]:
+    """Byte offsets ``[0, c_1, ..., size]`` cutting an uncompressed file into about ``pieces``
+    equal byte ranges, each cut just after a newline (so each range holds whole lines)."""
+    size = Path(path).stat().st_size
+    cuts = [0]
+    with open(path, "rb") as f:
+        for i in range(1, max(int(pieces), 1)):
+            at = max(size * i // pieces, cuts[-1])
+            f.seek(at)
+            while True:  # find the next newline at or after `at` (lines are short)
+                block = f.read(1 << 16)
+                if not block:
+                    at = size
+                    break
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    at += nl + 1
+                    break
+                at += len(block)
+            if cuts[-1] < at < size:
+                cuts.append(at)
+    cuts.append(size)
+    return cuts
+
+
+def count_lines(path: Union[str, Path], byte_range: Optional[Tuple[int, int]] = None,
+                read_bytes: int = 16 << 20) -> int:
+    """Lines in a file (or a line-aligned byte range of it); a last line without a newline counts."""
+    n, last = 0, b"\n"
+    left = None if byte_range is None else int(byte_range[1]) - int(byte_range[0])
+    with (_open(path) if byte_range is None else pa.OSFile(str(path), "rb")) as f:
+        if byte_range is not None:
+            f.seek(int(byte_range[0]))
+        while left is None or left > 0:
+            piece = f.read(read_bytes if left is None else min(read_bytes, left))
+            if not piece:
+                break
+            if left is not None:
+                left -= len(piece)
+            n += piece.count(b"\n")
+            last = bytes(piece[-1:])
+    return n + (last != b"\n")
 
 
 def _cut(pieces: List, counts: List[int], k: int) -> Tuple[bytes, List, List[int]]:
