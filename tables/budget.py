@@ -19,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -155,6 +155,16 @@ def row_floors(sizes, min_rows: int = 1, collisionless_max: int = 0):
     (tiny fields cost almost nothing and lose the most from collisions: a 3-value field folded
     into 1 row loses all its signal); others at least ``min_rows``."""
     return [int(n) if int(n) <= int(collisionless_max) else min(int(n), int(min_rows)) for n in sizes]
+
+
+def row_range(features, budget_bytes: int, min_rows: int, collisionless_max: int) -> Tuple[int, int]:
+    """``(lo, hi)`` of a hashed table's ``total_rows`` knob (one common dim ``D``): from the row
+    floors (:func:`row_floors`) to the rows ``budget_bytes`` could hold (at most every id's row).
+    Granularity: one row, ``4 * D`` bytes."""
+    dim = int(features[0].embedding_dim)
+    sizes = [int(f.num_embeddings) for f in features]
+    floor = sum(row_floors(sizes, min_rows, collisionless_max))
+    return floor, max(floor, min(sum(sizes), int(budget_bytes) // (4 * dim)))
 
 
 def allocate_rows(total: int, sizes, minimum=1, exact: bool = True):

@@ -135,6 +135,13 @@ class CompositionalTable(GatherTable):
     method = "compositional"
     needs_range = True
     DEFAULT_PARTITIONS = 3
+    budget_knob = "total_rows"
+    solved_knobs = ("radix", "collisions")
+    search_space = {"num_partitions": {"low": 2, "high": 4}, "operation": ["mult", "add", "concat"]}
+    quantizable = True
+    supports_sparse = True
+    not_shardable_reason = ("k complementary partitions are gathered from one fused parameter and combined "
+                            "per id (mult/add/concat) before pooling; a pooled torchrec lookup cannot express that")
 
     def __init__(
         self,
@@ -304,20 +311,15 @@ class CompositionalTable(GatherTable):
         return rad
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any):
-        """Size the radixes so memory lands under ``budget_bytes``.
-
-        Knob: ``total_rows``, the ``D``-wide rows granted to the compressible features (split
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """Knob ``total_rows``: the ``D``-wide rows granted to the compressible features (split
         proportionally to ``N_f``); each feature then takes the radixes with the most memory that
         fits its share (:func:`budget_candidates`), or stays full once its share covers ``N_f``.
         Granularity: a feature's memory moves in steps of one candidate (coarse near 2x for QR:
         ``N/2 + 2`` rows is the largest compressed QR table).
         """
-        features = list(features)
         threshold = int(kwargs.get("threshold", 200))
-        hi = sum(int(f.num_embeddings) for f in features if int(f.num_embeddings) > threshold)
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 0, hi,
-                          method=cls.method, knob="total_rows")
+        return 0, sum(int(f.num_embeddings) for f in features if int(f.num_embeddings) > threshold)
 
     @classmethod
     def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):

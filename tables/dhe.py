@@ -22,13 +22,12 @@ of the plain all-rows pass up to float summation order.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .base import EmbeddingTable, TableEmbeddingBag
-from .budget import solve_knob
 from .feature import Feature, check_features
 from .hashing import MERSENNE_61, HashFamily, derive_seed
 from .registry import register
@@ -133,6 +132,11 @@ class DHETable(EmbeddingTable):
     """
 
     method = "dhe"
+    budget_knob = "hidden"
+    solved_knobs = ("hidden",)
+    refuse_solved_knobs = True
+    search_space = {"activation": ["mish", "relu"], "num_layers": {"low": 2, "high": 5}}
+    not_shardable_reason = "an MLP computes each embedding from 1024 hashes; there is no table at all"
     needs_range = False
 
     def __init__(
@@ -204,27 +208,19 @@ class DHETable(EmbeddingTable):
         return n_mlps * mlp + 16 * (num_hashes + nf) + 16 * nf
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DHETable":
-        """The widest MLP (``hidden``) whose table fits ``budget_bytes``; granularity one unit of width.
-
-        ``num_hashes`` and the other arguments stay as given. Raises ``ValueError`` naming the
-        minimum (``hidden=1``) when the budget is below it.
-        """
-        if "hidden" in kwargs:
-            raise TypeError("for_budget solves 'hidden'; do not pass it")
-        features = check_features(features)
-        _check_dims(features)
-
-        def nbytes(w: int) -> int:
-            return cls.memory_bytes(features, w, **kwargs)
-
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """The MLP width ``hidden``, from 1 to the first power of two over the budget; granularity
+        one unit of width (``num_hashes`` and the other arguments stay as given)."""
+        _check_dims(check_features(features))
+        nbytes = cls.knob_bytes_fn(features, **kwargs)
         hi = 1
         while nbytes(hi) <= budget_bytes and hi < 1 << 20:
             hi *= 2
-        return solve_knob(
-            lambda w: cls(features, hidden=w, **kwargs),
-            budget_bytes, lo=1, hi=hi, method="dhe", knob="hidden", bytes_of=nbytes,
-        )
+        return 1, hi
+
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        return lambda w: cls.memory_bytes(features, w, **kwargs)
 
     # ------------------------------------------------------------------ encoding and lookup
     @torch.no_grad()

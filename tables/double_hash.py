@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
-from .budget import allocate_rows, row_floors, solve_knob
+from .budget import allocate_rows, row_floors, row_range
 from .feature import Feature
 from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
 from .hashing import HashFamily
@@ -70,6 +70,13 @@ class DoubleHashTable(GatherTable):
     method = "double_hash"
     needs_range = False
     DEFAULT_MAX_ROWS = 2**20
+    budget_knob = "total_rows"
+    solved_knobs = ("rows", "total_rows")
+    search_space = {"combine": ["sum", "concat"]}
+    quantizable = True
+    supports_sparse = True
+    not_shardable_reason = ("two hashed lookups into one fused parameter are summed per id by slimembed's "
+                            "gather engine; there is no torchrec EmbeddingBagCollection")
 
     def __init__(
         self,
@@ -256,25 +263,11 @@ class DoubleHashTable(GatherTable):
         return idx, coef
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
-        """The table at knob ``total_rows = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), total_rows=value, **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DoubleHashTable":
-        """The most hashed rows (``total_rows``) under ``budget_bytes``; frequent rows are fixed.
-
-        Granularity: one ``D``-wide row, ``4 * D`` bytes.
-        """
-        features = list(features)
-        kwargs.pop("rows", None)
-        kwargs.pop("total_rows", None)
-        dim = common_dim(features, "DoubleHashTable")
-        sizes = [int(f.num_embeddings) for f in features]
-        floor = sum(row_floors(sizes, kwargs.get("min_rows", 2), kwargs.get("collisionless_max", 200)))
-        hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
-                          floor, hi, method=cls.method, knob="total_rows")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """``total_rows`` from the row floors to what the budget holds (:func:`row_range`)."""
+        common_dim(features, cls.__name__)
+        return row_range(features, budget_bytes, kwargs.get("min_rows", 2),
+                         kwargs.get("collisionless_max", 200))
 
 
 class DoubleHashEmbeddingBag(TableEmbeddingBag):

@@ -29,6 +29,9 @@ class FullTable(GatherTable):
     """
 
     method = "full"
+    quantizable = True
+    supports_sparse = True
+    not_swept_reason = "the uncompressed reference (1x): run once per study/seed as the reference"
 
     def __init__(
         self, features: Sequence[Feature], sparse: bool = False, init_scale: float = DEFAULT_INIT_SCALE

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
-from .budget import allocate_rows, row_floors, solve_knob
+from .budget import allocate_rows, row_floors, row_range
 from .feature import Feature
 from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
 from .hashing import HashFamily
@@ -60,6 +60,14 @@ class HashTable(GatherTable):
     method = "hash"
     needs_range = False
     DEFAULT_MAX_ROWS = 2**20
+    DEFAULT_MIN_ROWS = 1
+    budget_knob = "total_rows"
+    solved_knobs = ("rows", "total_rows")
+    search_space = {"signed": [False, True]}
+    quantizable = True
+    supports_sparse = True
+    not_shardable_reason = ("its rows are one fused parameter read through slimembed's gather engine "
+                            "(hashed ids), not a torchrec EmbeddingBagCollection")
 
     def __init__(
         self,
@@ -129,25 +137,11 @@ class HashTable(GatherTable):
         return idx, coef
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
-        """The table at knob ``total_rows = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), total_rows=value, **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "HashTable":
-        """The most rows (split by :func:`allocate_rows`) whose memory fits ``budget_bytes``.
-
-        Granularity: one row, ``4 * D`` bytes.
-        """
-        features = list(features)
-        kwargs.pop("rows", None)
-        kwargs.pop("total_rows", None)
-        dim = common_dim(features, "HashTable")
-        sizes = [int(f.num_embeddings) for f in features]
-        floor = sum(row_floors(sizes, kwargs.get("min_rows", 1), kwargs.get("collisionless_max", 200)))
-        hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
-                          floor, hi, method=cls.method, knob="total_rows")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """``total_rows`` from the row floors to what the budget holds (:func:`row_range`)."""
+        common_dim(features, cls.__name__)
+        return row_range(features, budget_bytes, kwargs.get("min_rows", cls.DEFAULT_MIN_ROWS),
+                         kwargs.get("collisionless_max", 200))
 
 
 class HashEmbeddingBag(TableEmbeddingBag):

@@ -153,6 +153,13 @@ class MDETable(EmbeddingTable):
 
     method = "mde"
     needs_range = True
+    budget_knob = "lam"
+    solved_knobs = ("dims", "lam")
+    refuse_solved_knobs = True
+    search_space = {"alpha": {"low": 0.1, "high": 0.5}, "round_pow2": [False, True]}
+    supports_sparse = True
+    not_shardable_reason = ("per-field tables of different dims with projections live in slimembed modules, "
+                            "not in a torchrec EmbeddingBagCollection")
 
     def __init__(
         self,
@@ -250,10 +257,11 @@ class MDETable(EmbeddingTable):
     def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "MDETable":
         """Solve ``lam`` (alpha fixed) for the most bytes ``<= budget_bytes`` (see :func:`solve_lambda`).
 
-        Granularity: one dim step of one field. Raises ``ValueError`` naming the minimum when
-        the budget is below it.
+        The one method that overrides the base solver: its bytes are not monotone in ``lam``, so
+        every step is evaluated instead of bisected. Granularity: one dim step of one field.
+        Raises ``ValueError`` naming the minimum when the budget is below it.
         """
-        for k in ("dims", "lam"):
+        for k in cls.solved_knobs:
             if k in kwargs:
                 raise TypeError(f"for_budget solves 'lam' and 'dims'; do not pass {k!r}")
         feats = check_features(features)
@@ -268,6 +276,9 @@ class MDETable(EmbeddingTable):
         got = module_bytes(table)
         if got > budget_bytes:  # pragma: no cover - guards the closed form
             raise AssertionError(f"mde: built {got} bytes > budget {budget_bytes}")
+        # next_bytes is None: the next-larger setting is not one step of a bisected knob
+        table.budget_solution = {"method": cls.method, "knob": "lam", "value": lam,  # type: ignore[assignment]
+                                 "budget_bytes": int(budget_bytes), "bytes": got, "next_bytes": None}
         return table
 
     # ------------------------------------------------------------------ lookup

@@ -52,6 +52,7 @@ class MultiplexedTable(UnifiedTable):
 
     method = "multiplexed"
     _plain_keys = True
+    search_space: Dict[str, Any] = {}
 
     def __init__(
         self,

@@ -103,6 +103,10 @@ def _check_variant(variant: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # the supernet table
 # ---------------------------------------------------------------------------------------------
+OPTEMBED_NOT_SWEPT = ("its memory comes from its own supernet -> search -> retrain pipeline, not from "
+                      "one budgeted training run: use `slimembed optembed`")
+
+
 @register("optembed")
 class OptEmbedTable(EmbeddingTable):
     """OptEmbed's supernet embedding table for many fields (see the module docstring).
@@ -134,6 +138,16 @@ class OptEmbedTable(EmbeddingTable):
     """
 
     method = "optembed"
+    supports_sparse = True
+    # The supernet stores every row (the full table plus masks), so no supernet lands under a
+    # budget below the full table: the budget bounds the *exported* table, in the search.
+    budget_refusal = (
+        "method {method!r} is not sized by a budget before training (its supernet stores "
+        "every row); give the budget ({budget} bytes) to the OptEmbed search instead: "
+        "optembed.budget_bytes in `slimembed optembed` / OptEmbedConfig(budget_bytes=...)")
+    not_swept_reason = OPTEMBED_NOT_SWEPT
+    not_shardable_reason = ("row and dimension masks (learned thresholds) are applied inside the lookup; "
+                            "torchrec's sharded kernels cannot apply them")
 
     def __init__(
         self,
@@ -217,21 +231,6 @@ class OptEmbedTable(EmbeddingTable):
             "init_scale": self.init_scale,
             "sparse": self.sparse,
         }
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "OptEmbedTable":
-        """Refused: OptEmbed's memory is the outcome of its search, not a knob set before training.
-
-        The supernet stores every row (the full table plus masks), so no supernet lands under a
-        budget below the full table. Bound the *exported* table instead: ``budget_bytes`` of the
-        pipeline's search (:class:`slimembed.search.optembed.OptEmbedConfig`), which makes every
-        candidate whose export would exceed it infeasible.
-        """
-        raise ValueError(
-            f"method {cls.method!r} is not sized by a budget before training (its supernet stores "
-            f"every row); give the budget ({int(budget_bytes)} bytes) to the OptEmbed search instead: "
-            "optembed.budget_bytes in `slimembed optembed` / OptEmbedConfig(budget_bytes=...)"
-        )
 
     # ------------------------------------------------------------------ masks
     def _host_flags(self) -> tuple:
@@ -494,6 +493,11 @@ class CompactOptEmbedTable(EmbeddingTable):
     """
 
     method = "optembed-compact"
+    trainable = False
+    budget_refusal = ("method 'optembed-compact' is built by export_optembed from a trained OptEmbed table; "
+                      "bound its bytes with the OptEmbed search's budget_bytes")
+    not_swept_reason = OPTEMBED_NOT_SWEPT
+    not_shardable_reason = OptEmbedTable.not_shardable_reason
 
     def __init__(
         self,
@@ -542,11 +546,6 @@ class CompactOptEmbedTable(EmbeddingTable):
     @property
     def output_dims(self) -> List[int]:
         return [self.dim] * self.num_features if self.pad else list(self.dims)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "CompactOptEmbedTable":
-        raise ValueError("method 'optembed-compact' is built by export_optembed from a trained OptEmbed table; "
-                         "bound its bytes with the OptEmbed search's budget_bytes")
 
     def config(self) -> Dict[str, Any]:
         return {**super().config(), "dims": list(self.dims), "kept_rows": list(self.kept), "pad": self.pad}

@@ -50,6 +50,11 @@ class QRTable(CompositionalTable):
     """
 
     method = "qr"
+    solved_knobs = ("collisions",)
+    search_space = {"operation": ["mult", "add", "concat"]}
+    not_shardable_reason = ("the quotient and remainder rows are combined per id (mult by default) before "
+                            "pooling; torchrec pools each table separately, so no EmbeddingBagCollection "
+                            "can express it")
 
     def __init__(
         self,
@@ -73,13 +78,6 @@ class QRTable(CompositionalTable):
         return {"method": self.method, "features": [f.to_dict() for f in self.features],
                 "collisions": self.collisions, "operation": self.operation,
                 "threshold": self.threshold, "sparse": self.sparse, "init_scale": self.init_scale}
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "QRTable":
-        """Per-feature collisions so memory lands under ``budget_bytes`` (see
-        :meth:`CompositionalTable.for_budget`; QR's knob is ``c`` per feature)."""
-        kwargs.pop("collisions", None)
-        return super().for_budget(features, budget_bytes, **kwargs)
 
     @classmethod
     def _make(cls, features, k, rad, extra):

@@ -13,13 +13,12 @@ vocabulary: the table is vocabulary-free (any non-negative int64 id).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
-from .budget import solve_knob
 from .feature import Feature
 from .gather import common_dim, unsupported_bag_args
 from .hashing import HashFamily
@@ -72,6 +71,11 @@ class RobeTable(EmbeddingTable):
     method = "robe"
     needs_range = False
     DEFAULT_MAX_SIZE = 2**24
+    budget_knob = "size"
+    solved_knobs = ("size",)
+    search_space = {"num_blocks": [1, 2, 4]}
+    quantizable = True
+    not_shardable_reason = "embeddings are windows of one shared 1-D array at hashed offsets; there are no rows to place"
 
     def __init__(
         self,
@@ -171,20 +175,11 @@ class RobeTable(EmbeddingTable):
         return self._rows(ids, None)
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
-        """The table at knob ``size = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), size=value, **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "RobeTable":
-        """The largest array under ``budget_bytes``. Granularity: one float, 4 bytes."""
-        features = list(features)
-        kwargs.pop("size", None)
-        dim = common_dim(features, "RobeTable")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """The array's length ``size`` in floats. Granularity: one float, 4 bytes."""
+        dim = common_dim(features, cls.__name__)
         full = sum(min(int(f.num_embeddings), 2**40) for f in features) * dim
-        hi = max(1, min(full, budget_bytes // 4))
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 1, hi,
-                          method=cls.method, knob="size")
+        return 1, max(1, min(full, budget_bytes // 4))
 
 
 class RobeEmbeddingBag(TableEmbeddingBag):

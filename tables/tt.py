@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
-from .budget import solve_knob
 from .feature import Feature, check_features
 from .full import FullTable
 from .registry import register
@@ -231,6 +230,12 @@ class TTTable(EmbeddingTable):
     """
 
     method = "tt"
+    budget_knob = "rank"
+    solved_knobs = ("rank",)
+    refuse_solved_knobs = True
+    search_space: Dict[str, Any] = {}
+    supports_sparse = True
+    not_shardable_reason = "embeddings are contracted from three tensor-train cores by matmuls; there are no rows to place"
     needs_range = True
 
     def __init__(
@@ -332,26 +337,16 @@ class TTTable(EmbeddingTable):
         ).total_bytes()
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "TTTable":
-        """The largest rank ``R`` whose table fits ``budget_bytes`` (memory is non-decreasing in R).
-
-        Granularity: one rank step. Raises ``ValueError`` naming the minimum (``R = 1``, small
-        fields full) when the budget is below it; lower ``threshold`` to compress more fields.
-        """
-        if "rank" in kwargs:
-            raise TypeError("for_budget solves 'rank'; do not pass it")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """The rank ``R`` (memory is non-decreasing in R). Granularity: one rank step. At
+        ``R = 1`` small fields stay full; lower ``threshold`` to compress more fields."""
         features = check_feats(features)
         # At R^2 >= N*d every field's middle core alone is at least the full table: all full.
-        hi = max(1, math.isqrt(max(int(f.num_embeddings) * f.embedding_dim for f in features)) + 1)
-        return solve_knob(
-            lambda r: cls(features, rank=r, **kwargs),
-            budget_bytes,
-            lo=1,
-            hi=hi,
-            method="tt",
-            knob="rank",
-            bytes_of=lambda r: cls.memory_bytes(features, r, **kwargs),
-        )
+        return 1, max(1, math.isqrt(max(int(f.num_embeddings) * f.embedding_dim for f in features)) + 1)
+
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        return lambda r: cls.memory_bytes(features, r, **kwargs)
 
     # ------------------------------------------------------------------ lookup
     def _tt_rows(self, g: int, ids: Tensor, slots: Tensor) -> Tensor:

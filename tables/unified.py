@@ -51,14 +51,14 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, HAVE_TORCHREC, EmbeddingTable, TableEmbeddingBag, device_constant
-from .budget import module_bytes, solve_knob
+from .budget import module_bytes
 from .feature import Feature, check_features
 from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_feature, unsupported_bag_args
 from .hashing import HashFamily, universal_hash
@@ -280,6 +280,15 @@ class UnifiedTable(GatherTable):
 
     method = "unified"
     needs_range = False
+    budget_knob = "rows"
+    solved_knobs = ("rows",)
+    search_space = {"num_tables": [1, 2, 4]}
+    quantizable = True
+    supports_sparse = True
+    # only the gather backend (the default); backend='torchrec' builds a DMP-shardable child EBC
+    not_shardable_reason = ("backend='gather' keeps the shared rows in one fused parameter read by slimembed's "
+                            "gather engine; build it with backend='torchrec' (a child EmbeddingBagCollection "
+                            "that DMP shards)")
     _plain_keys = False  # multiplexed: torchrec keys are the feature names themselves
 
     def __init__(
@@ -704,26 +713,31 @@ class UnifiedTable(GatherTable):
 
     # ------------------------------------------------------------------ budgets
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "UnifiedTable":
-        """The table at knob ``rows = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), rows=value, **kwargs)
+    def _linear_bytes(cls, features: List[Feature], **kwargs: Any) -> Tuple[int, int]:
+        """``(bytes(1), step)``: memory is exactly linear in ``rows``, ``bytes(rows) = bytes(1) +
+        (rows - 1) * 4 * num_tables * chunk_dim``; ``bytes(1)`` (collision-free rows,
+        projections and buffers) is measured on a real build."""
+        small = cls.budget_build(features, 1, **kwargs)
+        return module_bytes(small), 4 * small.num_tables * small.chunk_dim
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "UnifiedTable":
-        """The most rows per shared sub-table whose memory fits ``budget_bytes``.
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """Rows per shared sub-table. Granularity: ``4 * num_tables * chunk_dim`` bytes."""
+        check_features(features)
+        base, step = cls._linear_bytes(features, **kwargs)
+        return 1, max(1, (int(budget_bytes) - base) // step + 2)  # one past the answer: next_bytes
 
-        Memory is exactly linear in ``rows``: ``bytes(rows) = bytes(1) + (rows - 1) * 4 *
-        num_tables * chunk_dim`` (``bytes(1)`` is measured on a real build: collision-free rows,
-        projections and buffers). Granularity: ``4 * num_tables * chunk_dim`` bytes.
-        """
-        features = check_features(features)
-        kwargs.pop("rows", None)
-        small = cls.budget_build(features, 1, **kwargs)
-        base = module_bytes(small)
-        step = 4 * small.num_tables * small.chunk_dim
-        hi = max(1, (int(budget_bytes) - base) // step + 2)  # one past the answer: next_bytes
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 1, hi,
-                          method=cls.method, knob="rows", bytes_of=lambda v: base + (v - 1) * step)
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        base, step = cls._linear_bytes(features, **kwargs)
+        return lambda v: base + (v - 1) * step
+
+    def why_not_shardable(self) -> Optional[str]:
+        return self.not_shardable_reason if self.backend == "gather" else None
+
+    @classmethod
+    def why_not_shardable_config(cls, cfg: Mapping[str, Any]) -> Optional[str]:
+        return None if cfg.get("backend", "gather") == "torchrec" else cls.not_shardable_reason
 
     def extra_repr(self) -> str:
         return (f"method={self.method!r}, features={self.num_features}, rows={self.rows}, "
