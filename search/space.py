@@ -62,7 +62,7 @@ def not_swept_reason(method: str) -> Optional[str]:
     Example::
 
         >>> not_swept_reason("hash") is None, not_swept_reason("full")[:17]
-        (True, 'the uncompressed')
+        (True, 'the uncompressed ')
     """
     return _table_class(method).not_swept_reason
 

@@ -13,8 +13,13 @@ Building a 10M-row table thirty times is too slow, so the solvers measure bytes 
 
 Example::
 
+    >>> from slimembed.tables import Feature, HashTable
+    >>> from slimembed.tables.budget import solve_knob
+    >>> features = [Feature("C1", 10**6, 16)]
     >>> t = solve_knob(lambda m: HashTable(features, rows=m), budget_bytes=10**6, lo=1, hi=10**6,
     ...                method="hash", knob="rows")
+    >>> t.budget_solution["value"], t.budget_solution["bytes"] <= 10**6 < t.budget_solution["next_bytes"]
+    (15624, True)
 """
 
 from __future__ import annotations

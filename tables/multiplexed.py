@@ -17,6 +17,8 @@ Budget knob: ``rows`` = ``M`` (granularity one row, ``4 * D`` bytes).
 
 Example::
 
+    >>> import torch
+    >>> from slimembed.tables import Feature, make_table
     >>> t = make_table("multiplexed", [Feature("C1", 2**63, 16), Feature("C2", 10**6, 16)], rows=1000)
     >>> t(torch.tensor([[5, 5]])).shape     # id 5 of C1 and of C2 land on unrelated rows
     torch.Size([1, 2, 16])

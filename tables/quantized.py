@@ -16,8 +16,11 @@ within ``scale_r / 2`` of the float. ROBE's 1-D array is quantized in chunks of
 
 Example::
 
+    >>> from slimembed.tables import Feature, export, make_table, memory_report
+    >>> features = [Feature("C1", 10**5, 16), Feature("C2", 1000, 16)]
     >>> q = export(make_table("hash", features, compression=10), dtype="int8")
     >>> memory_report(q).buffer_bytes     # uint8 rows + 8 bytes per row + hash seeds
+    242450
 """
 
 from __future__ import annotations

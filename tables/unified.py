@@ -274,8 +274,11 @@ class UnifiedTable(GatherTable):
 
     Example::
 
+        >>> from slimembed.tables import Feature, make_table
+        >>> feats = [Feature("C1", 10**6, 16), Feature("C2", 50, 16)]
         >>> t = make_table("unified", feats, compression=50, backend="torchrec")
         >>> [c.feature_names for c in t.ebc.embedding_bag_configs()]   # chunk names per table
+        [['C1_0', 'C1_1', 'C1_2', 'C1_3'], ['C2_0']]
     """
 
     method = "unified"
