@@ -16,6 +16,7 @@ from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
 from .feature import Feature, check_features, with_dim
 from .memory import MemoryReport, memory_report
 from .registry import available_methods, get_table_class, make_table, make_table_from_config, register
+from .dropin import EmbeddingBag
 from .gather import GatherTable
 
 # The method modules (each registers its table class on import).
@@ -38,7 +39,7 @@ from .quantized import QuantizedTable, export
 __all__ = [
     "DEFAULT_INIT_SCALE", "EmbeddingTable", "TableEmbeddingBag", "Feature", "check_features", "with_dim",
     "MemoryReport", "memory_report", "available_methods", "get_table_class", "make_table",
-    "make_table_from_config", "register", "GatherTable",
+    "make_table_from_config", "register", "GatherTable", "EmbeddingBag",
     "FullTable", "FullEmbeddingBag", "HashTable", "HashEmbeddingBag",
     "DoubleHashTable", "DoubleHashEmbeddingBag", "CompositionalTable", "CompositionalEmbeddingBag",
     "QRTable", "QREmbeddingBag", "RobeTable", "RobeEmbeddingBag", "TTTable", "TTEmbeddingBag",

@@ -210,6 +210,11 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
         """:meth:`why_not_shardable` from a table config (before any data is read)."""
         return cls.not_shardable_reason
 
+    def dense_rows(self) -> Optional[Tensor]:
+        """The ``[N, d]`` row parameter of a one-feature table that stores one row per id (the
+        drop-in's ``weight`` and ``_weight``), or ``None`` when rows are not stored that way."""
+        return None
+
     # ------------------------------------------------------------------ validation
     def check_ids(self, ids: Tensor, fields: Optional[Tensor] = None) -> None:
         """Raise ``ValueError`` naming the feature and value of the first bad id.

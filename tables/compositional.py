@@ -25,10 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
-from .budget import allocate_rows, solve_knob
+from .base import DEFAULT_INIT_SCALE
+from .budget import allocate_rows
 from .feature import Feature
-from .gather import GatherTable, common_dim, unsupported_bag_args
+from .gather import GatherTable, common_dim
+from .dropin import EmbeddingBag
 from .registry import register
 
 OPERATIONS = ("mult", "add", "concat")
@@ -339,7 +340,7 @@ class CompositionalTable(GatherTable):
         return cls(features, num_partitions=k, radix=rad, **extra)
 
 
-class CompositionalEmbeddingBag(TableEmbeddingBag):
+class CompositionalEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`CompositionalTable` (one feature).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``max_norm``, ``scale_grad_by_freq``, ``_weight``
@@ -348,38 +349,4 @@ class CompositionalEmbeddingBag(TableEmbeddingBag):
     ``threshold`` (200). ``forward(input, offsets=None, per_sample_weights=None) -> [B, D]``.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_partitions: int = CompositionalTable.DEFAULT_PARTITIONS,
-        radix: Optional[int] = None,
-        operation: str = "mult",
-        partition: str = "radix",
-        threshold: int = 200,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = CompositionalTable(
-            [Feature("input", num_embeddings, embedding_dim)], num_partitions=num_partitions,
-            radix=radix, operation=operation, partition=partition, threshold=threshold,
-            sparse=sparse, init_scale=init_scale,
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "compositional"

@@ -22,14 +22,15 @@ of the plain all-rows pass up to float summation order.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .base import EmbeddingTable, TableEmbeddingBag
+from .base import EmbeddingTable
 from .feature import Feature, check_features
 from .hashing import MERSENNE_61, HashFamily, derive_seed
+from .dropin import EmbeddingBag
 from .registry import register
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
@@ -305,7 +306,7 @@ def _check_dims(features: Sequence[Feature]) -> None:
         raise ValueError(f"DHETable needs one embedding_dim for all features, got {dims}; build one table per dim")
 
 
-class DHEEmbeddingBag(TableEmbeddingBag):
+class DHEEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`DHETable`.
 
     Same constructor (plus DHE's arguments, keyword-only) and forward ``(input, offsets=None,
@@ -321,41 +322,7 @@ class DHEEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_hashes: int = 1024,
-        hidden: int = 256,
-        num_layers: int = 5,
-        activation: str = "mish",
-        encoding: str = "uniform",
-        buckets: int = 1_000_000,
-        batch_norm: bool = True,
-        seed: int = 0,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("DHEEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        if sparse or _weight is not None:
-            raise NotImplementedError("DHEEmbeddingBag has no table: sparse=True and _weight are not supported")
-        table = DHETable(
-            [Feature("input", num_embeddings, embedding_dim)], num_hashes=num_hashes, hidden=hidden,
-            num_layers=num_layers, activation=activation, encoding=encoding, buckets=buckets,
-            batch_norm=batch_norm, seed=seed,
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
+    fixed_method = "dhe"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,17 +7,18 @@ times an optional ±1 sign hash. Vocabulary-free: any non-negative int64 id work
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE
 from .budget import allocate_rows, row_floors, row_range
 from .feature import Feature
-from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
+from .gather import GatherTable, RowsSpec, common_dim, per_feature
 from .hashing import HashFamily
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -144,7 +145,7 @@ class HashTable(GatherTable):
                          kwargs.get("collisionless_max", 200))
 
 
-class HashEmbeddingBag(TableEmbeddingBag):
+class HashEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`HashTable` (one feature, ``num_rows`` rows).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space, e.g.
@@ -160,33 +161,5 @@ class HashEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_rows: Optional[int] = None,
-        signed: bool = False,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = HashTable([Feature("input", num_embeddings, embedding_dim)], rows=num_rows,
-                          signed=signed, seed=seed, sparse=sparse, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "hash"
+    renamed = {"num_rows": "rows"}

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .budget import budget_error
 from .feature import Feature, check_features
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -281,6 +282,10 @@ class MDETable(EmbeddingTable):
                                  "budget_bytes": int(budget_bytes), "bytes": got, "next_bytes": None}
         return table
 
+    def dense_rows(self) -> Optional[Tensor]:
+        """The one feature's stored ``[N, d_0]`` rows (``d_0 < D`` has a projection on top)."""
+        return self.weights[0] if self.num_features == 1 else None
+
     # ------------------------------------------------------------------ lookup
     def _rows(self, g: int, ids: Tensor, fields: Tensor) -> Tensor:
         """Stored rows of group ``g`` for global ``fields``: ``[M, d_g]``."""
@@ -354,7 +359,7 @@ def _check_dims(features: Sequence[Feature]) -> int:
     return dims[0]
 
 
-class MDEmbeddingBag(TableEmbeddingBag):
+class MDEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`MDETable`.
 
     Rows are stored at ``md_dim`` and projected (bias-free) to ``embedding_dim``; sum/mean bags
@@ -377,44 +382,9 @@ class MDEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        md_dim: Optional[int] = None,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("MDEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        d = embedding_dim if md_dim is None else int(md_dim)
-        table = MDETable(
-            [Feature("input", num_embeddings, embedding_dim)], dims=[d], init_scale=init_scale, sparse=sparse
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        with torch.no_grad():
-            if _weight is not None:
-                if d != embedding_dim or tuple(_weight.shape) != (num_embeddings, embedding_dim):
-                    raise ValueError(
-                        f"_weight must be ({num_embeddings}, {embedding_dim}) and md_dim must equal "
-                        f"embedding_dim; got {tuple(_weight.shape)}, md_dim={d}"
-                    )
-                table.weights[0].copy_(_weight)
-            if padding_idx is not None:
-                table.weights[0][self.padding_idx].zero_()
-        table.to(device=device, dtype=dtype)
+    fixed_method = "mde"
 
-    @property
-    def weight(self) -> nn.Parameter:
-        """The stored ``[num_embeddings, md_dim]`` rows (before projection)."""
-        return self.table.weights[0]
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        md_dim = kwargs.pop("md_dim", None)
+        kwargs.setdefault("dims", [embedding_dim if md_dim is None else int(md_dim)])
+        return kwargs

@@ -58,9 +58,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable
 from .feature import Feature
-from .gather import common_dim, gather_combine, unsupported_bag_args
+from .gather import common_dim, gather_combine
+from .dropin import EmbeddingBag
 from .registry import register
 
 VARIANTS = ("optembed", "optembed-e", "optembed-d")
@@ -237,6 +238,9 @@ class OptEmbedTable(EmbeddingTable):
             "init_scale": self.init_scale,
             "sparse": self.sparse,
         }
+
+    def dense_rows(self) -> Optional[Tensor]:
+        return self.weight if self.num_features == 1 else None
 
     # ------------------------------------------------------------------ masks
     def _host_flags(self) -> tuple:
@@ -415,7 +419,7 @@ class OptEmbedDTable(OptEmbedTable):
     method = "optembed-d"
 
 
-class OptEmbedEmbeddingBag(TableEmbeddingBag):
+class OptEmbedEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in (same constructor and forward) backed by :class:`OptEmbedTable`.
 
     ``mode`` is ``nn.EmbeddingBag``'s pooling mode; OptEmbed's own choice is ``variant``.
@@ -429,42 +433,7 @@ class OptEmbedEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        variant: str = "optembed",
-        norm: int = 1,
-        alpha: float = 1e-4,
-        threshold_init: float = 0.0,
-        init: str = "uniform",
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args("OptEmbedEmbeddingBag", max_norm, scale_grad_by_freq, None)
-        table = OptEmbedTable([Feature("input", num_embeddings, embedding_dim)], variant=variant,
-                              norm=norm, alpha=alpha, threshold_init=threshold_init, init=init,
-                              init_scale=init_scale, sparse=sparse)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        if _weight is not None:
-            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
-                raise ValueError(f"_weight shape {tuple(_weight.shape)} != ({num_embeddings}, {embedding_dim})")
-            with torch.no_grad():
-                table.weight.copy_(_weight)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "optembed"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE
 from .compositional import CompositionalTable
-from .gather import unsupported_bag_args
 from .feature import Feature
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -85,7 +85,7 @@ class QRTable(CompositionalTable):
         return cls(features, collisions=rad, **extra)
 
 
-class QREmbeddingBag(TableEmbeddingBag):
+class QREmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`QRTable` (one feature), like DLRM's
     ``QREmbeddingBag`` but with ``nn.EmbeddingBag``'s constructor.
 
@@ -101,34 +101,5 @@ class QREmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_collisions: int = 4,
-        operation: str = "mult",
-        threshold: int = 200,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = QRTable([Feature("input", num_embeddings, embedding_dim)], collisions=num_collisions,
-                        operation=operation, threshold=threshold, sparse=sparse,
-                        init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "qr"
+    renamed = {"num_collisions": "collisions"}

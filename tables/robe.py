@@ -18,10 +18,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable
 from .feature import Feature
-from .gather import common_dim, unsupported_bag_args
+from .gather import common_dim
 from .hashing import HashFamily
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -182,7 +183,7 @@ class RobeTable(EmbeddingTable):
         return 1, max(1, min(full, budget_bytes // 4))
 
 
-class RobeEmbeddingBag(TableEmbeddingBag):
+class RobeEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`RobeTable` (one feature, ``size`` floats).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space;
@@ -192,36 +193,4 @@ class RobeEmbeddingBag(TableEmbeddingBag):
     ``forward(input, offsets=None, per_sample_weights=None) -> [B, embedding_dim]``.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        size: Optional[int] = None,
-        num_blocks: int = 1,
-        signed: bool = True,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        if sparse:
-            raise NotImplementedError("RobeEmbeddingBag has one shared array; sparse=True is not supported")
-        table = RobeTable([Feature("input", num_embeddings, embedding_dim)], size=size,
-                          num_blocks=num_blocks, signed=signed, seed=seed, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "robe"

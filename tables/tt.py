@@ -23,9 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .feature import Feature, check_features
 from .full import FullTable
+from .dropin import EmbeddingBag
 from .registry import register
 
 Shape3 = Tuple[int, int, int]
@@ -420,7 +421,7 @@ class TTTable(EmbeddingTable):
 
 
 
-class TTEmbeddingBag(TableEmbeddingBag):
+class TTEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`TTTable` (always TT).
 
     Same constructor (plus the TT arguments) and forward ``(input, offsets=None,
@@ -444,36 +445,13 @@ class TTEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        tt_rank: int = 8,
-        tt_p_shapes: Optional[Sequence[int]] = None,
-        tt_q_shapes: Optional[Sequence[int]] = None,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("TTEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        if sparse:
-            raise NotImplementedError("TTEmbeddingBag: TT cores get dense gradients; sparse=True is not supported")
-        if _weight is not None:
-            raise NotImplementedError("TTEmbeddingBag cannot take _weight: a dense matrix has no exact TT form")
+    fixed_method = "tt"
+    renamed = {"tt_rank": "rank"}
+    sparse_ok = False  # the one feature is always TT: its cores get dense gradients
+
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         default_p, default_q = tt_shapes(num_embeddings, embedding_dim)
-        p = tuple(tt_p_shapes) if tt_p_shapes is not None else default_p
-        q = tuple(tt_q_shapes) if tt_q_shapes is not None else default_q
-        feature = Feature("input", num_embeddings, embedding_dim)
-        table = TTTable([feature], rank=tt_rank, shapes={"input": (p, q)}, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
+        p, q = kwargs.pop("tt_p_shapes", None), kwargs.pop("tt_q_shapes", None)
+        kwargs.setdefault("shapes", {"input": (tuple(p) if p is not None else default_p,
+                                               tuple(q) if q is not None else default_q)})
+        return kwargs

@@ -60,8 +60,9 @@ from torch import Tensor, nn
 from .base import DEFAULT_INIT_SCALE, HAVE_TORCHREC, EmbeddingTable, TableEmbeddingBag, device_constant
 from .budget import module_bytes
 from .feature import Feature, check_features
-from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_feature, unsupported_bag_args
+from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_feature
 from .hashing import HashFamily, universal_hash
+from .dropin import EmbeddingBag
 from .registry import register
 
 if HAVE_TORCHREC:
@@ -775,7 +776,7 @@ class _FeatureView(nn.Module):
         return EmbeddingTable.bag(self, ids, offsets, mode, per_sample_weights, padding_idx)  # type: ignore[arg-type]
 
 
-class UnifiedEmbeddingBag(TableEmbeddingBag):
+class UnifiedEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by a one-feature :class:`UnifiedTable`.
 
     One feature alone has nothing to share a table with, so this is the chunked part of Unified
@@ -798,41 +799,16 @@ class UnifiedEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_rows: Optional[int] = None,
-        chunks: Optional[int] = None,
-        chunk_dim: Optional[int] = None,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
+    fixed_method = "unified"
+    renamed = {"num_rows": "rows"}
+
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        chunks, chunk_dim = kwargs.get("chunks"), kwargs.get("chunk_dim")
         if chunk_dim is None:
             chunk_dim = (embedding_dim // chunks if chunks and embedding_dim % chunks == 0
                          else default_chunk_dim(embedding_dim))
-        if chunks is None:
-            chunks = max(1, embedding_dim // chunk_dim)
-        rows = num_rows if num_rows is not None else min(int(num_embeddings), DEFAULT_MAX_ROWS)
-        table = UnifiedTable([Feature("input", num_embeddings, embedding_dim)], rows=rows,
-                             chunk_dim=chunk_dim, chunks=chunks, collisionless_max=0,
-                             seed=seed, sparse=sparse, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+        kwargs["chunk_dim"] = chunk_dim
+        kwargs["chunks"] = max(1, embedding_dim // chunk_dim) if chunks is None else chunks
+        kwargs.setdefault("rows", min(num_embeddings, DEFAULT_MAX_ROWS))
+        kwargs.setdefault("collisionless_max", 0)
+        return kwargs
