@@ -268,7 +268,7 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
         """``LongTensor[B, F]`` -> ``FloatTensor[B, F, D]`` in one call for all fields."""
         b, f = ids.shape
         rows = self.embed(ids.reshape(-1), self.field_index(b, ids.device))
-        return rows.view(b, f, -1)
+        return rows.view(b, f, rows.shape[-1])  # explicit D: B = 0 has no -1 to infer
 
     def pool(
         self,
@@ -326,7 +326,7 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
     def bags_to_keyed(self, pooled: Tensor, batch_size: int) -> Tensor:
         """``[F * B, D]`` key-major bags -> ``[B, F * D]`` (equal dims)."""
         d = pooled.shape[1]
-        return pooled.view(self.num_features, batch_size, d).transpose(0, 1).reshape(batch_size, -1)
+        return pooled.view(self.num_features, batch_size, d).transpose(0, 1).reshape(batch_size, self.num_features * d)
 
     def bag(
         self,

@@ -555,7 +555,7 @@ class CompactOptEmbedTable(EmbeddingTable):
         out = self._rows(ids, None)  # [B, F, D']
         if self.pad:
             return out
-        return out.reshape(out.shape[0], -1).index_select(1, self._col_index)
+        return out.flatten(1).index_select(1, self._col_index)
 
     def bags_to_keyed(self, pooled: Tensor, batch_size: int) -> Tensor:
         out = super().bags_to_keyed(pooled, batch_size)

@@ -149,7 +149,7 @@ class QuantizedTable(EmbeddingTable):
         q = self.qweight.index_select(0, flat).float()
         if self.dtype_name == "int8":
             q = q * self.scale.index_select(0, flat).unsqueeze(1) + self.bias.index_select(0, flat).unsqueeze(1)
-        return q.view(*idx.shape, -1)
+        return q.view(*idx.shape, q.shape[-1])
 
     def dequant_elems(self, pos: Tensor) -> Tensor:
         """Elements ``pos [...]`` of ROBE's array, dequantized: ``FloatTensor[...]``."""

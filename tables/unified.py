@@ -218,7 +218,7 @@ class SharedRowRemap(nn.Module):
         is chunk ``j`` of feature ``t``, i.e. the concatenation order of the embeddings.
         """
         if self.all_valid:
-            return self(ids, None, kind).reshape(ids.shape[0], -1)
+            return self(ids, None, kind).reshape(ids.shape[0], self.valid_flat.numel())
         flat = self.valid_flat  # [S] positions in the [F, c_max] grid
         field = device_constant(self, "valid_field", self.valid.device, self._valid_field_list)
         coef = self.hashes.coef.reshape(-1, 2).index_select(0, flat)
@@ -564,9 +564,9 @@ class UnifiedTable(GatherTable):
         """``[B, F, c_max * chunk_dim]`` (unused slots included) -> the used slots ``[B, S * chunk_dim]``."""
         b = x.shape[0]
         if self.remap.all_valid:
-            return x.reshape(b, -1)
+            return x.flatten(1)  # flatten, not reshape(b, -1): B = 0 has no -1 to infer
         grid = x.reshape(b, self.num_features * self.c_max, self.chunk_dim)
-        return grid.index_select(1, self.remap.valid_flat).reshape(b, -1)
+        return grid.index_select(1, self.remap.valid_flat).flatten(1)
 
     # ------------------------------------------------------------------ gather backend
     def gather_index(self, ids: Tensor, fields: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
@@ -579,7 +579,7 @@ class UnifiedTable(GatherTable):
     def combine(self, rows: Tensor, coef: Optional[Tensor], fields: Optional[Tensor]) -> Tensor:
         """Gathered rows (``[B, S, 1, d]`` dense, ``[N, c_max, d]`` with fields) -> :meth:`finish`."""
         if fields is None:
-            return self.finish(rows.reshape(rows.shape[0], -1), None)
+            return self.finish(rows.flatten(1), None)
         return self.finish(combine_rows(rows, coef, "concat"), fields)
 
     def _rows(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
@@ -592,7 +592,7 @@ class UnifiedTable(GatherTable):
         if self.sparse:
             return self.combine(F.embedding(idx, self.weight, sparse=True), coef, fields)
         out = gather_combine(self.weight, idx, coef, "concat")
-        return self.finish(out.reshape(out.shape[0], -1) if fields is None else out, fields)
+        return self.finish(out.flatten(1) if fields is None else out, fields)
 
     def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
         return self._rows(ids, fields)
@@ -623,7 +623,7 @@ class UnifiedTable(GatherTable):
         out = F.embedding_bag(idx.t().reshape(-1), self.weight, all_offsets, mode="sum",
                               per_sample_weights=None if weights is None else weights.t().reshape(-1),
                               include_last_offset=True, sparse=self.sparse)
-        return out.view(c, nb, -1).transpose(0, 1).reshape(nb, c * self.chunk_dim)
+        return out.view(c, nb, out.shape[-1]).transpose(0, 1).reshape(nb, c * self.chunk_dim)
 
     # ------------------------------------------------------------------ torchrec backend
     def _kjt_chunks(self, local: Tensor, lengths: Tensor, fields: Tensor) -> "KeyedJaggedTensor":
@@ -651,7 +651,7 @@ class UnifiedTable(GatherTable):
         v = kt.values().view(batch, len(self._ebc_keys), self.chunk_dim)
         if len(self._ebc_keys) > 1:
             v = v.index_select(1, self._ebc_gather)
-        return v.reshape(batch, -1)
+        return v.flatten(1)
 
     def _ebc_dense(self, ids: Tensor) -> Tensor:
         """Dense ``[B, F]`` -> the used slots ``[B, S * chunk_dim]`` through the child EBC."""
@@ -691,16 +691,17 @@ class UnifiedTable(GatherTable):
             if mean:
                 slot_field = torch.div(self.remap.valid_flat, self.c_max, rounding_mode="floor")
                 per_slot = denom.view(nf, b).t().index_select(1, slot_field)  # [B, S]
-                raw = (raw.view(b, -1, self.chunk_dim) / per_slot.unsqueeze(-1).to(raw.dtype)).reshape(b, -1)
+                raw = (raw.view(b, per_slot.shape[1], self.chunk_dim)
+                       / per_slot.unsqueeze(-1).to(raw.dtype)).flatten(1)
         else:
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=values.device)
             offsets[1:] = torch.cumsum(lengths, 0)
             pooled = self.pool(values, fields, offsets, weights)  # [F * B, c_max * d]
             if mean:
                 pooled = pooled / denom.unsqueeze(1).to(pooled.dtype)
-            raw = self.slots_from_grid(pooled.view(nf, b, -1).transpose(0, 1))
+            raw = self.slots_from_grid(pooled.view(nf, b, pooled.shape[-1]).transpose(0, 1))
         out = self.finish(raw, None)
-        return KeyedTensor(keys=names, length_per_key=self.output_dims, values=out.reshape(b, -1))
+        return KeyedTensor(keys=names, length_per_key=self.output_dims, values=out.flatten(1))
 
     # ------------------------------------------------------------------ drop-ins over the shared table
     def feature_bag(self, feature: str, mode: str = "mean", include_last_offset: bool = False,
