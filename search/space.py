@@ -18,8 +18,8 @@ size knob -- rows, collisions, TT rank, MLP width, array size -- is then *solved
     multiplexed    (rows are solved from the budget)
 
 A knob spec in a config is a list (categorical), ``{low, high[, log][, step][, type]}`` (int when
-both ends are ints, else float) or a scalar (fixed). A method missing from the table above (a
-newly registered one) gets ``compression`` only. ``full`` is the uncompressed reference and
+both ends are ints, else float) or a scalar (fixed). The knobs above are each table class's
+``search_space`` attribute (a new method declares its own; none: ``compression`` only). ``full`` is the uncompressed reference and
 the OptEmbed tables get their memory from their own search pipeline (``slimembed optembed``),
 so neither is swept; :func:`probe` finds such methods by building them.
 
@@ -45,51 +45,45 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 COMPRESSION = "compression"
 DEFAULT_COMPRESSION: Dict[str, Any] = {"low": 2.0, "high": 1000.0, "log": True}
 
-#: The knobs a sweep varies per method by default (on top of ``compression``).
-DEFAULT_SPACES: Dict[str, Dict[str, Any]] = {
-    "hash": {"signed": [False, True]},
-    "double_hash": {"combine": ["sum", "concat"]},
-    "qr": {"operation": ["mult", "add", "concat"]},
-    "compositional": {"num_partitions": {"low": 2, "high": 4}, "operation": ["mult", "add", "concat"]},
-    "robe": {"num_blocks": [1, 2, 4]},
-    "tt": {},
-    "dhe": {"activation": ["mish", "relu"], "num_layers": {"low": 2, "high": 5}},
-    "mde": {"alpha": {"low": 0.1, "high": 0.5}, "round_pow2": [False, True]},
-    "unified": {"num_tables": [1, 2, 4]},
-    "multiplexed": {},
-}
-
-#: Constructor arguments a budget solves (passing them would be ignored or refused).
-SOLVED_KNOBS: Dict[str, Tuple[str, ...]] = {
-    "hash": ("rows", "total_rows"),
-    "double_hash": ("rows", "total_rows"),
-    "qr": ("collisions",),
-    "compositional": ("radix", "collisions"),
-    "robe": ("size",),
-    "tt": ("rank",),
-    "dhe": ("hidden",),
-    "mde": ("dims", "lam"),
-    "unified": ("rows",),
-    "multiplexed": ("rows",),
-}
 #: Arguments the experiment sets (``sparse`` follows the embedding optimizer).
 SET_BY_EXPERIMENT: Tuple[str, ...] = ("sparse",)
 
-#: Registered methods that a budget sweep does not train, and why.
-NOT_SWEPT: Dict[str, str] = {
-    "full": "the uncompressed reference (1x): run once per study/seed as the reference",
-}
-_OPTEMBED_REASON = ("its memory comes from its own supernet -> search -> retrain pipeline, not from "
-                    "one budgeted training run: use `slimembed optembed`")
+
+def _table_class(method: str) -> Any:
+    from slimembed.tables import get_table_class
+
+    return get_table_class(method)
 
 
 def not_swept_reason(method: str) -> Optional[str]:
-    """Why ``method`` is left out of sweeps and grids by default (``None``: it is swept)."""
-    if method in NOT_SWEPT:
-        return NOT_SWEPT[method]
-    if method.startswith("optembed"):
-        return _OPTEMBED_REASON
-    return None
+    """Why ``method`` is left out of sweeps and grids by default (``None``: it is swept); the
+    table class's ``not_swept_reason``.
+
+    Example::
+
+        >>> not_swept_reason("hash") is None, not_swept_reason("full")[:17]
+        (True, 'the uncompressed ')
+    """
+    return _table_class(method).not_swept_reason
+
+
+def _class_views() -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Tuple[str, ...]], Dict[str, str]]:
+    """The per-method facts as dicts, read from the registered table classes."""
+    from slimembed.tables import available_methods, get_table_class
+
+    classes = {m: get_table_class(m) for m in available_methods(include_export=True)}
+    spaces = {m: dict(c.search_space) for m, c in classes.items()
+              if c.trainable and c.not_swept_reason is None}
+    solved = {m: tuple(c.solved_knobs) for m, c in classes.items() if c.solved_knobs}
+    not_swept = {m: c.not_swept_reason for m, c in classes.items() if c.not_swept_reason}
+    return spaces, solved, not_swept
+
+
+#: Views of the table classes' attributes at import (``search_space``, ``solved_knobs``,
+#: ``not_swept_reason``); the code below reads the classes, so methods registered later count.
+#: DEFAULT_SPACES: the knobs a sweep varies per method by default (on top of ``compression``);
+#: SOLVED_KNOBS: constructor arguments a budget solves; NOT_SWEPT: methods sweeps leave out, and why.
+DEFAULT_SPACES, SOLVED_KNOBS, NOT_SWEPT = _class_views()
 
 
 # ---------------------------------------------------------------------------------- knobs
@@ -250,7 +244,7 @@ def allowed_knobs(method: str) -> Tuple[List[str], List[str]]:
     from slimembed.tables import get_table_class
 
     cls = get_table_class(method)
-    solved = list(SOLVED_KNOBS.get(method, ()))
+    solved = list(cls.solved_knobs)
     try:
         params = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError):  # pragma: no cover
@@ -286,7 +280,8 @@ def resolve_space(
         space: overrides: ``{"compression": spec, METHOD: {KNOB: spec}}``; a method's entry
             replaces the default spec of the knobs it names and keeps the others.
         exclude: ``{METHOD: reason}`` left out (e.g. too slow on CPU); the reason is printed.
-        defaults: start from :data:`DEFAULT_SPACES` (``False``: only ``compression`` + ``space``).
+        defaults: start from each method's ``search_space`` class attribute (:data:`DEFAULT_SPACES`;
+            ``False``: only ``compression`` + ``space``).
     Raises:
         ValueError: unknown method (listing the registered ones), unknown knob (listing the
             method's knobs and the ones its budget solves), malformed spec.
@@ -330,7 +325,7 @@ def resolve_space(
         if m != "full":
             specs[COMPRESSION] = comp_spec
         if defaults:
-            specs.update(copy.deepcopy(DEFAULT_SPACES.get(m, {})))
+            specs.update(copy.deepcopy(_table_class(m).search_space))
         over = space.get(m) or {}
         if not isinstance(over, Mapping):
             raise ValueError(f"space.{m} must map knob -> spec, got {type(over).__name__}")

@@ -1,4 +1,4 @@
-"""The table protocol every compressor implements (DESIGN §2).
+"""The table protocol every compressor implements (``docs/architecture.md`` §2).
 
 A method subclasses :class:`EmbeddingTable` and implements one hook, :meth:`EmbeddingTable.embed`
 (ids of any fields -> rows). The base class turns that into both input forms:
@@ -12,7 +12,7 @@ Gather-based methods may override :meth:`EmbeddingTable.pool` with a fused ``emb
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ except Exception:  # pragma: no cover - exercised only without torchrec
         """Stand-in with torchrec's interface when torchrec is not installed."""
 
 
-DEFAULT_INIT_SCALE = 0.05  # DESIGN §3: uniform ±0.05 trains far better under Adam than N(0, 1)
+DEFAULT_INIT_SCALE = 0.05  # docs/architecture.md §3: uniform ±0.05 trains far better under Adam than N(0, 1)
 
 
 def device_constant(module: nn.Module, key: str, device: torch.device, values: Sequence[int]) -> Tensor:
@@ -65,6 +65,19 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
     (vocabulary methods) or may be any int64 (hashing methods); out-of-range ids raise a
     ``ValueError`` naming the feature and the value.
 
+    Everything the rest of the package needs to know about a method lives on its class
+    (``docs/architecture.md`` §3), so adding a method is one file in ``tables/``:
+
+    * budgets: ``budget_knob`` (the constructor argument :meth:`for_budget` solves; ``None``: not
+      budgetable), ``solved_knobs`` (arguments a budget sets; passing them to ``for_budget`` is
+      ignored, or refused with ``TypeError`` when ``refuse_solved_knobs``), ``knob_increasing``,
+      and the hooks :meth:`knob_range`, :meth:`budget_build`, optionally :meth:`knob_bytes_fn`;
+    * sweeps: ``search_space`` (default knobs, :mod:`slimembed.search.space` format) and
+      ``not_swept_reason`` (why sweeps leave the method out);
+    * ``trainable`` (``False``: an export-only kind, left out of ``available_methods()``),
+      ``quantizable`` (``tables.quantized.export`` takes it), ``supports_sparse`` (the
+      constructor takes ``sparse=True``), ``not_shardable_reason`` (``None``: DMP shards it).
+
     Example::
 
         >>> from slimembed.tables import Feature, make_table
@@ -75,6 +88,19 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
 
     method: ClassVar[str] = "base"
     needs_range: ClassVar[bool] = True
+    # ---- method facts (read by search/, ctr/ and the quantizer; docs/architecture.md §3)
+    budget_knob: ClassVar[Optional[str]] = None
+    solved_knobs: ClassVar[Tuple[str, ...]] = ()
+    refuse_solved_knobs: ClassVar[bool] = False
+    knob_increasing: ClassVar[bool] = True
+    #: why :meth:`for_budget` refuses when ``budget_knob`` is None ({method}, {budget} filled in)
+    budget_refusal: ClassVar[str] = "method {method!r} is not sized by a budget (budget {budget} bytes)"
+    search_space: ClassVar[Dict[str, Any]] = {}
+    not_swept_reason: ClassVar[Optional[str]] = None
+    trainable: ClassVar[bool] = True
+    quantizable: ClassVar[bool] = False
+    supports_sparse: ClassVar[bool] = False
+    not_shardable_reason: ClassVar[Optional[str]] = None
 
     def __init__(self, features: Sequence[Feature]) -> None:
         nn.Module.__init__(self)
@@ -125,6 +151,69 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
             ``FloatTensor[N, D]``.
         """
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ budgets
+    @classmethod
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """``(lo, hi)`` of ``budget_knob`` for ``features`` under ``budget_bytes``; ``lo`` (``hi``
+        when not ``knob_increasing``) is the cheapest setting."""
+        raise NotImplementedError(f"{cls.__name__} sets budget_knob but not knob_range")
+
+    @classmethod
+    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "EmbeddingTable":
+        """The table at ``budget_knob = value`` (what :meth:`for_budget` solves)."""
+        return cls(list(features), **{cls.budget_knob or "": value}, **kwargs)
+
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Optional[Callable[[int], int]]:
+        """A closed-form ``knob -> memory_report(table).total_bytes``, or ``None`` (then the
+        solver measures meta-device builds)."""
+        return None
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "EmbeddingTable":
+        """The table whose ``budget_knob`` gives the most memory ``<= budget_bytes``.
+
+        The one budget solver of every method (``docs/architecture.md`` §2): the method gives
+        its knob's range (:meth:`knob_range`), how to build at a knob value
+        (:meth:`budget_build`) and, where it has one, a closed-form byte count
+        (:meth:`knob_bytes_fn`); :func:`slimembed.tables.budget.solve_knob` bisects. The result
+        carries ``budget_solution`` (``value``, ``bytes``, ``next_bytes``).
+
+        Raises:
+            ValueError: the method is not budgetable, or the budget is below its minimum.
+            TypeError: a solved knob was passed and the method refuses it.
+        """
+        from .budget import solve_knob
+
+        if cls.budget_knob is None:
+            raise ValueError(cls.budget_refusal.format(method=cls.method, budget=int(budget_bytes)))
+        features = list(features)
+        for k in cls.solved_knobs:
+            if k in kwargs:
+                if cls.refuse_solved_knobs:
+                    solved = " and ".join(repr(s) for s in cls.solved_knobs)
+                    raise TypeError(f"for_budget solves {solved}; do not pass {k!r}")
+                kwargs.pop(k)
+        lo, hi = cls.knob_range(features, int(budget_bytes), **kwargs)
+        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, lo, hi,
+                          method=cls.method, knob=cls.budget_knob,
+                          bytes_of=cls.knob_bytes_fn(features, **kwargs), increasing=cls.knob_increasing)
+
+    # ------------------------------------------------------------------ distribution
+    def why_not_shardable(self) -> Optional[str]:
+        """``None`` when torchrec's DMP can shard this table, else why not, in words."""
+        return type(self).not_shardable_reason
+
+    @classmethod
+    def why_not_shardable_config(cls, cfg: Mapping[str, Any]) -> Optional[str]:
+        """:meth:`why_not_shardable` from a table config (before any data is read)."""
+        return cls.not_shardable_reason
+
+    def dense_rows(self) -> Optional[Tensor]:
+        """The ``[N, d]`` row parameter of a one-feature table that stores one row per id (the
+        drop-in's ``weight`` and ``_weight``), or ``None`` when rows are not stored that way."""
+        return None
 
     # ------------------------------------------------------------------ validation
     def check_ids(self, ids: Tensor, fields: Optional[Tensor] = None) -> None:
@@ -179,7 +268,7 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
         """``LongTensor[B, F]`` -> ``FloatTensor[B, F, D]`` in one call for all fields."""
         b, f = ids.shape
         rows = self.embed(ids.reshape(-1), self.field_index(b, ids.device))
-        return rows.view(b, f, -1)
+        return rows.view(b, f, rows.shape[-1])  # explicit D: B = 0 has no -1 to infer
 
     def pool(
         self,
@@ -237,7 +326,7 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
     def bags_to_keyed(self, pooled: Tensor, batch_size: int) -> Tensor:
         """``[F * B, D]`` key-major bags -> ``[B, F * D]`` (equal dims)."""
         d = pooled.shape[1]
-        return pooled.view(self.num_features, batch_size, d).transpose(0, 1).reshape(batch_size, -1)
+        return pooled.view(self.num_features, batch_size, d).transpose(0, 1).reshape(batch_size, self.num_features * d)
 
     def bag(
         self,

@@ -1,6 +1,6 @@
 """Budget solvers: size a method's integer knob so its memory lands on a byte budget from below.
 
-DESIGN §2 (budgets): every ``for_budget`` solves its knob (rows, collisions, rank, width, array
+docs/architecture.md §2 (budgets): every ``for_budget`` solves its knob (rows, collisions, rank, width, array
 size...) so that ``memory_report(table).total_bytes <= budget`` and as close as the method's
 granularity allows. Memory must be *monotone* in the knob (non-decreasing, or non-increasing with
 ``increasing=False``, e.g. QR's collision count); the solvers bisect.
@@ -13,13 +13,18 @@ Building a 10M-row table thirty times is too slow, so the solvers measure bytes 
 
 Example::
 
+    >>> from slimembed.tables import Feature, HashTable
+    >>> from slimembed.tables.budget import solve_knob
+    >>> features = [Feature("C1", 10**6, 16)]
     >>> t = solve_knob(lambda m: HashTable(features, rows=m), budget_bytes=10**6, lo=1, hi=10**6,
     ...                method="hash", knob="rows")
+    >>> t.budget_solution["value"], t.budget_solution["bytes"] <= 10**6 < t.budget_solution["next_bytes"]
+    (15624, True)
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -155,6 +160,16 @@ def row_floors(sizes, min_rows: int = 1, collisionless_max: int = 0):
     (tiny fields cost almost nothing and lose the most from collisions: a 3-value field folded
     into 1 row loses all its signal); others at least ``min_rows``."""
     return [int(n) if int(n) <= int(collisionless_max) else min(int(n), int(min_rows)) for n in sizes]
+
+
+def row_range(features, budget_bytes: int, min_rows: int, collisionless_max: int) -> Tuple[int, int]:
+    """``(lo, hi)`` of a hashed table's ``total_rows`` knob (one common dim ``D``): from the row
+    floors (:func:`row_floors`) to the rows ``budget_bytes`` could hold (at most every id's row).
+    Granularity: one row, ``4 * D`` bytes."""
+    dim = int(features[0].embedding_dim)
+    sizes = [int(f.num_embeddings) for f in features]
+    floor = sum(row_floors(sizes, min_rows, collisionless_max))
+    return floor, max(floor, min(sum(sizes), int(budget_bytes) // (4 * dim)))
 
 
 def allocate_rows(total: int, sizes, minimum=1, exact: bool = True):

@@ -25,10 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
-from .budget import allocate_rows, solve_knob
+from .base import DEFAULT_INIT_SCALE
+from .budget import allocate_rows
 from .feature import Feature
-from .gather import GatherTable, common_dim, unsupported_bag_args
+from .gather import GatherTable, common_dim
+from .dropin import EmbeddingBag
 from .registry import register
 
 OPERATIONS = ("mult", "add", "concat")
@@ -123,7 +124,7 @@ class CompositionalTable(GatherTable):
         init_scale: ``s``; full rows and ``concat`` parts are uniform ``±s``; ``add`` parts
             ``±s/sqrt(k)``; ``mult`` parts uniform ``±sqrt(3) * (s/sqrt(3)) ** (1/k)`` so that the
             product of the ``k`` parts has the standard deviation of uniform ``±s`` (DLRM's
-            ``U(sqrt(1/N), 1)`` init is not used: DESIGN §3 asks for ±0.05-scale embeddings, and a
+            ``U(sqrt(1/N), 1)`` init is not used: docs/architecture.md §3 asks for ±0.05-scale embeddings, and a
             product of k ±0.05 values would vanish).
 
     Memory: ``D * sum_j size_j`` floats per compressed feature (``D/k`` wide for concat),
@@ -135,6 +136,13 @@ class CompositionalTable(GatherTable):
     method = "compositional"
     needs_range = True
     DEFAULT_PARTITIONS = 3
+    budget_knob = "total_rows"
+    solved_knobs = ("radix", "collisions")
+    search_space = {"num_partitions": {"low": 2, "high": 4}, "operation": ["mult", "add", "concat"]}
+    quantizable = True
+    supports_sparse = True
+    not_shardable_reason = ("k complementary partitions are gathered from one fused parameter and combined "
+                            "per id (mult/add/concat) before pooling; a pooled torchrec lookup cannot express that")
 
     def __init__(
         self,
@@ -304,20 +312,15 @@ class CompositionalTable(GatherTable):
         return rad
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any):
-        """Size the radixes so memory lands under ``budget_bytes``.
-
-        Knob: ``total_rows``, the ``D``-wide rows granted to the compressible features (split
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """Knob ``total_rows``: the ``D``-wide rows granted to the compressible features (split
         proportionally to ``N_f``); each feature then takes the radixes with the most memory that
         fits its share (:func:`budget_candidates`), or stays full once its share covers ``N_f``.
         Granularity: a feature's memory moves in steps of one candidate (coarse near 2x for QR:
         ``N/2 + 2`` rows is the largest compressed QR table).
         """
-        features = list(features)
         threshold = int(kwargs.get("threshold", 200))
-        hi = sum(int(f.num_embeddings) for f in features if int(f.num_embeddings) > threshold)
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 0, hi,
-                          method=cls.method, knob="total_rows")
+        return 0, sum(int(f.num_embeddings) for f in features if int(f.num_embeddings) > threshold)
 
     @classmethod
     def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
@@ -337,7 +340,7 @@ class CompositionalTable(GatherTable):
         return cls(features, num_partitions=k, radix=rad, **extra)
 
 
-class CompositionalEmbeddingBag(TableEmbeddingBag):
+class CompositionalEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`CompositionalTable` (one feature).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``max_norm``, ``scale_grad_by_freq``, ``_weight``
@@ -346,38 +349,4 @@ class CompositionalEmbeddingBag(TableEmbeddingBag):
     ``threshold`` (200). ``forward(input, offsets=None, per_sample_weights=None) -> [B, D]``.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_partitions: int = CompositionalTable.DEFAULT_PARTITIONS,
-        radix: Optional[int] = None,
-        operation: str = "mult",
-        partition: str = "radix",
-        threshold: int = 200,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = CompositionalTable(
-            [Feature("input", num_embeddings, embedding_dim)], num_partitions=num_partitions,
-            radix=radix, operation=operation, partition=partition, threshold=threshold,
-            sparse=sparse, init_scale=init_scale,
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "compositional"

@@ -22,15 +22,15 @@ of the plain all-rows pass up to float summation order.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .base import EmbeddingTable, TableEmbeddingBag
-from .budget import solve_knob
+from .base import EmbeddingTable
 from .feature import Feature, check_features
 from .hashing import MERSENNE_61, HashFamily, derive_seed
+from .dropin import EmbeddingBag
 from .registry import register
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
@@ -133,6 +133,11 @@ class DHETable(EmbeddingTable):
     """
 
     method = "dhe"
+    budget_knob = "hidden"
+    solved_knobs = ("hidden",)
+    refuse_solved_knobs = True
+    search_space = {"activation": ["mish", "relu"], "num_layers": {"low": 2, "high": 5}}
+    not_shardable_reason = "an MLP computes each embedding from 1024 hashes; there is no table at all"
     needs_range = False
 
     def __init__(
@@ -204,27 +209,19 @@ class DHETable(EmbeddingTable):
         return n_mlps * mlp + 16 * (num_hashes + nf) + 16 * nf
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DHETable":
-        """The widest MLP (``hidden``) whose table fits ``budget_bytes``; granularity one unit of width.
-
-        ``num_hashes`` and the other arguments stay as given. Raises ``ValueError`` naming the
-        minimum (``hidden=1``) when the budget is below it.
-        """
-        if "hidden" in kwargs:
-            raise TypeError("for_budget solves 'hidden'; do not pass it")
-        features = check_features(features)
-        _check_dims(features)
-
-        def nbytes(w: int) -> int:
-            return cls.memory_bytes(features, w, **kwargs)
-
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """The MLP width ``hidden``, from 1 to the first power of two over the budget; granularity
+        one unit of width (``num_hashes`` and the other arguments stay as given)."""
+        _check_dims(check_features(features))
+        nbytes = cls.knob_bytes_fn(features, **kwargs)
         hi = 1
         while nbytes(hi) <= budget_bytes and hi < 1 << 20:
             hi *= 2
-        return solve_knob(
-            lambda w: cls(features, hidden=w, **kwargs),
-            budget_bytes, lo=1, hi=hi, method="dhe", knob="hidden", bytes_of=nbytes,
-        )
+        return 1, hi
+
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        return lambda w: cls.memory_bytes(features, w, **kwargs)
 
     # ------------------------------------------------------------------ encoding and lookup
     @torch.no_grad()
@@ -309,7 +306,7 @@ def _check_dims(features: Sequence[Feature]) -> None:
         raise ValueError(f"DHETable needs one embedding_dim for all features, got {dims}; build one table per dim")
 
 
-class DHEEmbeddingBag(TableEmbeddingBag):
+class DHEEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`DHETable`.
 
     Same constructor (plus DHE's arguments, keyword-only) and forward ``(input, offsets=None,
@@ -325,41 +322,7 @@ class DHEEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_hashes: int = 1024,
-        hidden: int = 256,
-        num_layers: int = 5,
-        activation: str = "mish",
-        encoding: str = "uniform",
-        buckets: int = 1_000_000,
-        batch_norm: bool = True,
-        seed: int = 0,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("DHEEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        if sparse or _weight is not None:
-            raise NotImplementedError("DHEEmbeddingBag has no table: sparse=True and _weight are not supported")
-        table = DHETable(
-            [Feature("input", num_embeddings, embedding_dim)], num_hashes=num_hashes, hidden=hidden,
-            num_layers=num_layers, activation=activation, encoding=encoding, buckets=buckets,
-            batch_norm=batch_norm, seed=seed,
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
+    fixed_method = "dhe"
 
 
 # ---------------------------------------------------------------------------------------------

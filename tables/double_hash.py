@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
-from .budget import allocate_rows, row_floors, solve_knob
+from .base import DEFAULT_INIT_SCALE
+from .budget import allocate_rows, row_floors, row_range
 from .feature import Feature
-from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
+from .gather import GatherTable, RowsSpec, common_dim, per_feature
 from .hashing import HashFamily
+from .dropin import EmbeddingBag
 from .registry import register
 
 IdsSpec = Optional[Mapping[str, Union[Tensor, Sequence[int]]]]
@@ -70,6 +71,13 @@ class DoubleHashTable(GatherTable):
     method = "double_hash"
     needs_range = False
     DEFAULT_MAX_ROWS = 2**20
+    budget_knob = "total_rows"
+    solved_knobs = ("rows", "total_rows")
+    search_space = {"combine": ["sum", "concat"]}
+    quantizable = True
+    supports_sparse = True
+    not_shardable_reason = ("two hashed lookups into one fused parameter are summed per id by slimembed's "
+                            "gather engine; there is no torchrec EmbeddingBagCollection")
 
     def __init__(
         self,
@@ -256,28 +264,14 @@ class DoubleHashTable(GatherTable):
         return idx, coef
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
-        """The table at knob ``total_rows = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), total_rows=value, **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DoubleHashTable":
-        """The most hashed rows (``total_rows``) under ``budget_bytes``; frequent rows are fixed.
-
-        Granularity: one ``D``-wide row, ``4 * D`` bytes.
-        """
-        features = list(features)
-        kwargs.pop("rows", None)
-        kwargs.pop("total_rows", None)
-        dim = common_dim(features, "DoubleHashTable")
-        sizes = [int(f.num_embeddings) for f in features]
-        floor = sum(row_floors(sizes, kwargs.get("min_rows", 2), kwargs.get("collisionless_max", 200)))
-        hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
-                          floor, hi, method=cls.method, knob="total_rows")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """``total_rows`` from the row floors to what the budget holds (:func:`row_range`)."""
+        common_dim(features, cls.__name__)
+        return row_range(features, budget_bytes, kwargs.get("min_rows", 2),
+                         kwargs.get("collisionless_max", 200))
 
 
-class DoubleHashEmbeddingBag(TableEmbeddingBag):
+class DoubleHashEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`DoubleHashTable` (one feature).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space;
@@ -288,38 +282,11 @@ class DoubleHashEmbeddingBag(TableEmbeddingBag):
     ``forward(input, offsets=None, per_sample_weights=None) -> [B, embedding_dim]``.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_rows: Optional[int] = None,
-        combine: str = "sum",
-        shared: bool = False,
-        frequent_ids: Optional[Union[Tensor, Sequence[int]]] = None,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = DoubleHashTable(
-            [Feature("input", num_embeddings, embedding_dim)], rows=num_rows, combine=combine,
-            shared=shared, frequent_ids=None if frequent_ids is None else {"input": frequent_ids},
-            seed=seed, sparse=sparse, init_scale=init_scale,
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
+    fixed_method = "double_hash"
+    renamed = {"num_rows": "rows"}
 
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        ids = kwargs.get("frequent_ids")
+        if ids is not None and not isinstance(ids, Mapping):  # the one feature's ids
+            kwargs["frequent_ids"] = {"input": ids}
+        return kwargs

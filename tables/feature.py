@@ -1,4 +1,4 @@
-"""The feature contract shared by datasets, tables and models (DESIGN §2)."""
+"""The feature contract shared by datasets, tables and models (docs/architecture.md §2)."""
 
 from __future__ import annotations
 

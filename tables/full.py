@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE
 from .feature import Feature
 from .gather import GatherTable
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -23,12 +24,15 @@ class FullTable(GatherTable):
     Args:
         features: the features; all must share ``embedding_dim``.
         sparse: produce sparse row gradients (for ``torch.optim.SparseAdam`` / row-wise Adagrad).
-        init_scale: rows start uniform in ``[-init_scale, init_scale]`` (DESIGN §3: ±0.05).
+        init_scale: rows start uniform in ``[-init_scale, init_scale]`` (docs/architecture.md §3: ±0.05).
 
     Shapes: dense ids ``[B, F]`` -> ``[B, F, D]``; a KJT -> ``KeyedTensor`` ``[B, F * D]``.
     """
 
     method = "full"
+    quantizable = True
+    supports_sparse = True
+    not_swept_reason = "the uncompressed reference (1x): run once per study/seed as the reference"
 
     def __init__(
         self, features: Sequence[Feature], sparse: bool = False, init_scale: float = DEFAULT_INIT_SCALE
@@ -51,6 +55,9 @@ class FullTable(GatherTable):
         self.register_buffer("row_offsets", offsets, persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(rows), dims.pop()))
         self.reset_parameters()
+
+    def dense_rows(self) -> Optional[Tensor]:
+        return self.weight if self.num_features == 1 else None
 
     def reset_parameters(self) -> None:
         nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
@@ -87,10 +94,10 @@ class FullTable(GatherTable):
         )
 
 
-class FullEmbeddingBag(TableEmbeddingBag):
+class FullEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` (same constructor and forward) backed by :class:`FullTable`.
 
-    Differences from ``nn.EmbeddingBag``, on purpose: rows start uniform ±0.05 (DESIGN §3) and
+    Differences from ``nn.EmbeddingBag``, on purpose: rows start uniform ±0.05 (docs/architecture.md §3) and
     ids outside ``[0, num_embeddings)`` raise a ``ValueError`` instead of reading garbage.
     ``max_norm`` and ``scale_grad_by_freq`` are not supported (they raise).
 
@@ -101,36 +108,4 @@ class FullEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("FullEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        table = FullTable([Feature("input", num_embeddings, embedding_dim)], sparse=sparse)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        with torch.no_grad():
-            if _weight is not None:
-                if tuple(_weight.shape) != (num_embeddings, embedding_dim):
-                    raise ValueError(
-                        f"_weight shape {tuple(_weight.shape)} != ({num_embeddings}, {embedding_dim})"
-                    )
-                table.weight.copy_(_weight)
-            if padding_idx is not None:
-                table.weight[self.padding_idx].zero_()
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "full"

@@ -101,7 +101,7 @@ class _GatherCombine(torch.autograd.Function):
         k = idx.shape[-1]
         lead = idx.shape[:-1]
         slots = [idx[..., j].reshape(-1) for j in range(k)]
-        rows = [weight.index_select(0, s).view(*lead, -1) for s in slots]
+        rows = [weight.index_select(0, s).view(*lead, weight.shape[1]) for s in slots]
         keep = None
         if coef is not None:
             if mode == "mult":

@@ -7,17 +7,18 @@ times an optional ±1 sign hash. Vocabulary-free: any non-negative int64 id work
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
-from .budget import allocate_rows, row_floors, solve_knob
+from .base import DEFAULT_INIT_SCALE
+from .budget import allocate_rows, row_floors, row_range
 from .feature import Feature
-from .gather import GatherTable, RowsSpec, common_dim, per_feature, unsupported_bag_args
+from .gather import GatherTable, RowsSpec, common_dim, per_feature
 from .hashing import HashFamily
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -43,7 +44,7 @@ class HashTable(GatherTable):
         signed: multiply each row by a ±1 sign hash.
         seed: the hash family's seed.
         sparse: sparse row gradients.
-        init_scale: uniform ``±init_scale`` init (DESIGN §3: 0.05).
+        init_scale: uniform ``±init_scale`` init (docs/architecture.md §3: 0.05).
 
     Memory: ``sum_f M_f * D`` fp32 + the hash coefficients (``16 F`` bytes, ``32 F`` signed) and
     per-feature row counts/offsets (``16 F``) + the base's id limits (``8 F``).
@@ -60,6 +61,14 @@ class HashTable(GatherTable):
     method = "hash"
     needs_range = False
     DEFAULT_MAX_ROWS = 2**20
+    DEFAULT_MIN_ROWS = 1
+    budget_knob = "total_rows"
+    solved_knobs = ("rows", "total_rows")
+    search_space = {"signed": [False, True]}
+    quantizable = True
+    supports_sparse = True
+    not_shardable_reason = ("its rows are one fused parameter read through slimembed's gather engine "
+                            "(hashed ids), not a torchrec EmbeddingBagCollection")
 
     def __init__(
         self,
@@ -129,28 +138,14 @@ class HashTable(GatherTable):
         return idx, coef
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
-        """The table at knob ``total_rows = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), total_rows=value, **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "HashTable":
-        """The most rows (split by :func:`allocate_rows`) whose memory fits ``budget_bytes``.
-
-        Granularity: one row, ``4 * D`` bytes.
-        """
-        features = list(features)
-        kwargs.pop("rows", None)
-        kwargs.pop("total_rows", None)
-        dim = common_dim(features, "HashTable")
-        sizes = [int(f.num_embeddings) for f in features]
-        floor = sum(row_floors(sizes, kwargs.get("min_rows", 1), kwargs.get("collisionless_max", 200)))
-        hi = max(floor, min(sum(sizes), budget_bytes // (4 * dim)))
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes,
-                          floor, hi, method=cls.method, knob="total_rows")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """``total_rows`` from the row floors to what the budget holds (:func:`row_range`)."""
+        common_dim(features, cls.__name__)
+        return row_range(features, budget_bytes, kwargs.get("min_rows", cls.DEFAULT_MIN_ROWS),
+                         kwargs.get("collisionless_max", 200))
 
 
-class HashEmbeddingBag(TableEmbeddingBag):
+class HashEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`HashTable` (one feature, ``num_rows`` rows).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space, e.g.
@@ -166,33 +161,5 @@ class HashEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_rows: Optional[int] = None,
-        signed: bool = False,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = HashTable([Feature("input", num_embeddings, embedding_dim)], rows=num_rows,
-                          signed=signed, seed=seed, sparse=sparse, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "hash"
+    renamed = {"num_rows": "rows"}

@@ -1,4 +1,4 @@
-"""The one seeded hash family of slimembed (DESIGN §2).
+"""The one seeded hash family of slimembed (docs/architecture.md §2).
 
 Universal hashing over the Mersenne prime ``P = 2**61 - 1``::
 
@@ -28,9 +28,11 @@ SipHash-2-4 with a fixed key, unsalted); tables hash those ids here, salted per 
 
 Example::
 
-    >>> fam = HashFamily(num_hashes=2, seed=7)
-    >>> rows = fam(torch.tensor([0, 1, 2**50]), num_buckets=1000, index=1)   # LongTensor[3]
-    >>> signs = fam.sign(torch.tensor([0, 1, 2**50]))                         # FloatTensor[3] of ±1
+    >>> fam = HashFamily(num_hashes=2, seed=7, with_sign=True)
+    >>> fam(torch.tensor([0, 1, 2**50]), num_buckets=1000, index=1)   # LongTensor[3]
+    tensor([459, 895,  58])
+    >>> fam.sign(torch.tensor([0, 1, 2**50]))                         # FloatTensor[3] of ±1
+    tensor([-1.,  1.,  1.])
 """
 
 from __future__ import annotations
@@ -191,6 +193,7 @@ class HashFamily(nn.Module):
 
         >>> fam = HashFamily(2, seed=1, salts=["C1", "C2"])
         >>> fam(torch.tensor([[5, 5]]), num_buckets=10)     # different rows for C1 and C2
+        tensor([[1, 7]])
     """
 
     def __init__(self, num_hashes: int = 1, seed: int = 0, salts: Optional[Sequence[Salt]] = None,

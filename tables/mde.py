@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .budget import budget_error
 from .feature import Feature, check_features
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -135,7 +136,7 @@ class MDETable(EmbeddingTable):
         dims: explicit per-feature stored dims (overrides the rule; what ``config()`` records).
         lam: the rule's scale; default ``D * n_min ** alpha`` (smallest field keeps ``D``).
         round_pow2: round dims to powers of two (DLRM ``--md-round-dims``).
-        init_scale: rows uniform ``±init_scale`` (DESIGN §3); projections Xavier-uniform
+        init_scale: rows uniform ``±init_scale`` (docs/architecture.md §3); projections Xavier-uniform
             (DLRM's ``PrEmbeddingBag``).
         sparse: sparse gradients for the row weights (projections stay dense).
 
@@ -153,6 +154,13 @@ class MDETable(EmbeddingTable):
 
     method = "mde"
     needs_range = True
+    budget_knob = "lam"
+    solved_knobs = ("dims", "lam")
+    refuse_solved_knobs = True
+    search_space = {"alpha": {"low": 0.1, "high": 0.5}, "round_pow2": [False, True]}
+    supports_sparse = True
+    not_shardable_reason = ("per-field tables of different dims with projections live in slimembed modules, "
+                            "not in a torchrec EmbeddingBagCollection")
 
     def __init__(
         self,
@@ -250,10 +258,11 @@ class MDETable(EmbeddingTable):
     def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "MDETable":
         """Solve ``lam`` (alpha fixed) for the most bytes ``<= budget_bytes`` (see :func:`solve_lambda`).
 
-        Granularity: one dim step of one field. Raises ``ValueError`` naming the minimum when
-        the budget is below it.
+        The one method that overrides the base solver: its bytes are not monotone in ``lam``, so
+        every step is evaluated instead of bisected. Granularity: one dim step of one field.
+        Raises ``ValueError`` naming the minimum when the budget is below it.
         """
-        for k in ("dims", "lam"):
+        for k in cls.solved_knobs:
             if k in kwargs:
                 raise TypeError(f"for_budget solves 'lam' and 'dims'; do not pass {k!r}")
         feats = check_features(features)
@@ -268,7 +277,14 @@ class MDETable(EmbeddingTable):
         got = module_bytes(table)
         if got > budget_bytes:  # pragma: no cover - guards the closed form
             raise AssertionError(f"mde: built {got} bytes > budget {budget_bytes}")
+        # next_bytes is None: the next-larger setting is not one step of a bisected knob
+        table.budget_solution = {"method": cls.method, "knob": "lam", "value": lam,  # type: ignore[assignment]
+                                 "budget_bytes": int(budget_bytes), "bytes": got, "next_bytes": None}
         return table
+
+    def dense_rows(self) -> Optional[Tensor]:
+        """The one feature's stored ``[N, d_0]`` rows (``d_0 < D`` has a projection on top)."""
+        return self.weights[0] if self.num_features == 1 else None
 
     # ------------------------------------------------------------------ lookup
     def _rows(self, g: int, ids: Tensor, fields: Tensor) -> Tensor:
@@ -343,7 +359,7 @@ def _check_dims(features: Sequence[Feature]) -> int:
     return dims[0]
 
 
-class MDEmbeddingBag(TableEmbeddingBag):
+class MDEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`MDETable`.
 
     Rows are stored at ``md_dim`` and projected (bias-free) to ``embedding_dim``; sum/mean bags
@@ -366,44 +382,9 @@ class MDEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        md_dim: Optional[int] = None,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("MDEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        d = embedding_dim if md_dim is None else int(md_dim)
-        table = MDETable(
-            [Feature("input", num_embeddings, embedding_dim)], dims=[d], init_scale=init_scale, sparse=sparse
-        )
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        with torch.no_grad():
-            if _weight is not None:
-                if d != embedding_dim or tuple(_weight.shape) != (num_embeddings, embedding_dim):
-                    raise ValueError(
-                        f"_weight must be ({num_embeddings}, {embedding_dim}) and md_dim must equal "
-                        f"embedding_dim; got {tuple(_weight.shape)}, md_dim={d}"
-                    )
-                table.weights[0].copy_(_weight)
-            if padding_idx is not None:
-                table.weights[0][self.padding_idx].zero_()
-        table.to(device=device, dtype=dtype)
+    fixed_method = "mde"
 
-    @property
-    def weight(self) -> nn.Parameter:
-        """The stored ``[num_embeddings, md_dim]`` rows (before projection)."""
-        return self.table.weights[0]
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        md_dim = kwargs.pop("md_dim", None)
+        kwargs.setdefault("dims", [embedding_dim if md_dim is None else int(md_dim)])
+        return kwargs

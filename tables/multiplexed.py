@@ -17,6 +17,8 @@ Budget knob: ``rows`` = ``M`` (granularity one row, ``4 * D`` bytes).
 
 Example::
 
+    >>> import torch
+    >>> from slimembed.tables import Feature, make_table
     >>> t = make_table("multiplexed", [Feature("C1", 2**63, 16), Feature("C2", 10**6, 16)], rows=1000)
     >>> t(torch.tensor([[5, 5]])).shape     # id 5 of C1 and of C2 land on unrelated rows
     torch.Size([1, 2, 16])
@@ -26,11 +28,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable
 from .feature import Feature
-from .gather import common_dim, unsupported_bag_args
+from .gather import common_dim
+from .dropin import EmbeddingBag
 from .registry import register
 from .unified import UnifiedTable
 
@@ -52,6 +55,7 @@ class MultiplexedTable(UnifiedTable):
 
     method = "multiplexed"
     _plain_keys = True
+    search_space: Dict[str, Any] = {}
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class MultiplexedTable(UnifiedTable):
                 "seed": self.seed, "sparse": self.sparse, "init_scale": self.init_scale}
 
 
-class MultiplexedEmbeddingBag(TableEmbeddingBag):
+class MultiplexedEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in over a one-feature :class:`MultiplexedTable`.
 
     With a single feature there is nothing to multiplex: this is the hashing trick (one salted
@@ -87,33 +91,5 @@ class MultiplexedEmbeddingBag(TableEmbeddingBag):
     ``min(num_embeddings, 2**20)``), ``seed``, ``init_scale``.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device=None,
-        dtype=None,
-        *,
-        num_rows: Optional[int] = None,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        rows = num_rows if num_rows is not None else min(int(num_embeddings), 2**20)
-        table = MultiplexedTable([Feature("input", num_embeddings, embedding_dim)], rows=rows,
-                                 seed=seed, sparse=sparse, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "multiplexed"
+    renamed = {"num_rows": "rows"}

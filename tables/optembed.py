@@ -35,12 +35,18 @@ zero-padded to ``D`` (OptEmbed's semantics; ``pad=False`` gives per-field dims i
 
 Example::
 
+    >>> import torch
+    >>> from slimembed.tables import Feature, OptEmbedTable, export_optembed, memory_report
     >>> feats = [Feature("C1", 1000, 16), Feature("C2", 50, 16)]
     >>> t = OptEmbedTable(feats)                       # variant "optembed"
     >>> t(torch.tensor([[3, 7]])).shape
     torch.Size([1, 2, 16])
-    >>> t.freeze_rows(); t.set_dims([4, 16])
+    >>> _ = t.freeze_rows(); t.set_dims([4, 16])
     >>> compact = export_optembed(t)                   # same outputs, fewer bytes
+    >>> bool(torch.allclose(compact(torch.tensor([[3, 7]])), t(torch.tensor([[3, 7]]))))
+    True
+    >>> memory_report(t).total_bytes, memory_report(compact).total_bytes
+    (68436, 19396)
 """
 
 from __future__ import annotations
@@ -52,9 +58,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable
 from .feature import Feature
-from .gather import common_dim, gather_combine, unsupported_bag_args
+from .gather import common_dim, gather_combine
+from .dropin import EmbeddingBag
 from .registry import register
 
 VARIANTS = ("optembed", "optembed-e", "optembed-d")
@@ -103,6 +110,10 @@ def _check_variant(variant: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # the supernet table
 # ---------------------------------------------------------------------------------------------
+OPTEMBED_NOT_SWEPT = ("its memory comes from its own supernet -> search -> retrain pipeline, not from "
+                      "one budgeted training run: use `slimembed optembed`")
+
+
 @register("optembed")
 class OptEmbedTable(EmbeddingTable):
     """OptEmbed's supernet embedding table for many fields (see the module docstring).
@@ -114,7 +125,7 @@ class OptEmbedTable(EmbeddingTable):
         norm: 1 (L1, default) or 2 (L2) row norm for the row mask.
         alpha: weight of the threshold regulariser ``alpha * sum_f exp(-t_f)``.
         threshold_init: initial value of every field's threshold (the paper: 0).
-        init: ``"uniform"`` (±``init_scale``, the project default, DESIGN §3) or ``"xavier"``
+        init: ``"uniform"`` (±``init_scale``, the project default, docs/architecture.md §3) or ``"xavier"``
             (xavier-uniform over the fused ``[sum N_f, D]`` weight, the reference code's init).
         init_scale: bound of the uniform init.
         sparse: sparse gradients for the weight (for sparse embedding optimizers).
@@ -134,6 +145,16 @@ class OptEmbedTable(EmbeddingTable):
     """
 
     method = "optembed"
+    supports_sparse = True
+    # The supernet stores every row (the full table plus masks), so no supernet lands under a
+    # budget below the full table: the budget bounds the *exported* table, in the search.
+    budget_refusal = (
+        "method {method!r} is not sized by a budget before training (its supernet stores "
+        "every row); give the budget ({budget} bytes) to the OptEmbed search instead: "
+        "optembed.budget_bytes in `slimembed optembed` / OptEmbedConfig(budget_bytes=...)")
+    not_swept_reason = OPTEMBED_NOT_SWEPT
+    not_shardable_reason = ("row and dimension masks (learned thresholds) are applied inside the lookup; "
+                            "torchrec's sharded kernels cannot apply them")
 
     def __init__(
         self,
@@ -218,20 +239,8 @@ class OptEmbedTable(EmbeddingTable):
             "sparse": self.sparse,
         }
 
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "OptEmbedTable":
-        """Refused: OptEmbed's memory is the outcome of its search, not a knob set before training.
-
-        The supernet stores every row (the full table plus masks), so no supernet lands under a
-        budget below the full table. Bound the *exported* table instead: ``budget_bytes`` of the
-        pipeline's search (:class:`slimembed.search.optembed.OptEmbedConfig`), which makes every
-        candidate whose export would exceed it infeasible.
-        """
-        raise ValueError(
-            f"method {cls.method!r} is not sized by a budget before training (its supernet stores "
-            f"every row); give the budget ({int(budget_bytes)} bytes) to the OptEmbed search instead: "
-            "optembed.budget_bytes in `slimembed optembed` / OptEmbedConfig(budget_bytes=...)"
-        )
+    def dense_rows(self) -> Optional[Tensor]:
+        return self.weight if self.num_features == 1 else None
 
     # ------------------------------------------------------------------ masks
     def _host_flags(self) -> tuple:
@@ -410,7 +419,7 @@ class OptEmbedDTable(OptEmbedTable):
     method = "optembed-d"
 
 
-class OptEmbedEmbeddingBag(TableEmbeddingBag):
+class OptEmbedEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in (same constructor and forward) backed by :class:`OptEmbedTable`.
 
     ``mode`` is ``nn.EmbeddingBag``'s pooling mode; OptEmbed's own choice is ``variant``.
@@ -424,42 +433,7 @@ class OptEmbedEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        variant: str = "optembed",
-        norm: int = 1,
-        alpha: float = 1e-4,
-        threshold_init: float = 0.0,
-        init: str = "uniform",
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args("OptEmbedEmbeddingBag", max_norm, scale_grad_by_freq, None)
-        table = OptEmbedTable([Feature("input", num_embeddings, embedding_dim)], variant=variant,
-                              norm=norm, alpha=alpha, threshold_init=threshold_init, init=init,
-                              init_scale=init_scale, sparse=sparse)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        if _weight is not None:
-            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
-                raise ValueError(f"_weight shape {tuple(_weight.shape)} != ({num_embeddings}, {embedding_dim})")
-            with torch.no_grad():
-                table.weight.copy_(_weight)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "optembed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +468,11 @@ class CompactOptEmbedTable(EmbeddingTable):
     """
 
     method = "optembed-compact"
+    trainable = False
+    budget_refusal = ("method 'optembed-compact' is built by export_optembed from a trained OptEmbed table; "
+                      "bound its bytes with the OptEmbed search's budget_bytes")
+    not_swept_reason = OPTEMBED_NOT_SWEPT
+    not_shardable_reason = OptEmbedTable.not_shardable_reason
 
     def __init__(
         self,
@@ -543,11 +522,6 @@ class CompactOptEmbedTable(EmbeddingTable):
     def output_dims(self) -> List[int]:
         return [self.dim] * self.num_features if self.pad else list(self.dims)
 
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "CompactOptEmbedTable":
-        raise ValueError("method 'optembed-compact' is built by export_optembed from a trained OptEmbed table; "
-                         "bound its bytes with the OptEmbed search's budget_bytes")
-
     def config(self) -> Dict[str, Any]:
         return {**super().config(), "dims": list(self.dims), "kept_rows": list(self.kept), "pad": self.pad}
 
@@ -581,7 +555,7 @@ class CompactOptEmbedTable(EmbeddingTable):
         out = self._rows(ids, None)  # [B, F, D']
         if self.pad:
             return out
-        return out.reshape(out.shape[0], -1).index_select(1, self._col_index)
+        return out.flatten(1).index_select(1, self._col_index)
 
     def bags_to_keyed(self, pooled: Tensor, batch_size: int) -> Tensor:
         out = super().bags_to_keyed(pooled, batch_size)

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .base import DEFAULT_INIT_SCALE, TableEmbeddingBag
+from .base import DEFAULT_INIT_SCALE
 from .compositional import CompositionalTable
-from .gather import unsupported_bag_args
 from .feature import Feature
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -50,6 +50,11 @@ class QRTable(CompositionalTable):
     """
 
     method = "qr"
+    solved_knobs = ("collisions",)
+    search_space = {"operation": ["mult", "add", "concat"]}
+    not_shardable_reason = ("the quotient and remainder rows are combined per id (mult by default) before "
+                            "pooling; torchrec pools each table separately, so no EmbeddingBagCollection "
+                            "can express it")
 
     def __init__(
         self,
@@ -75,19 +80,12 @@ class QRTable(CompositionalTable):
                 "threshold": self.threshold, "sparse": self.sparse, "init_scale": self.init_scale}
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "QRTable":
-        """Per-feature collisions so memory lands under ``budget_bytes`` (see
-        :meth:`CompositionalTable.for_budget`; QR's knob is ``c`` per feature)."""
-        kwargs.pop("collisions", None)
-        return super().for_budget(features, budget_bytes, **kwargs)
-
-    @classmethod
     def _make(cls, features, k, rad, extra):
         extra = {key: v for key, v in extra.items() if key not in ("partition",)}
         return cls(features, collisions=rad, **extra)
 
 
-class QREmbeddingBag(TableEmbeddingBag):
+class QREmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`QRTable` (one feature), like DLRM's
     ``QREmbeddingBag`` but with ``nn.EmbeddingBag``'s constructor.
 
@@ -103,34 +101,5 @@ class QREmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_collisions: int = 4,
-        operation: str = "mult",
-        threshold: int = 200,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        table = QRTable([Feature("input", num_embeddings, embedding_dim)], collisions=num_collisions,
-                        operation=operation, threshold=threshold, sparse=sparse,
-                        init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "qr"
+    renamed = {"num_collisions": "collisions"}

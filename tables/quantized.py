@@ -1,4 +1,4 @@
-"""Post-training quantized export of gather-based tables (DESIGN §3 "quantized").
+"""Post-training quantized export of gather-based tables (docs/architecture.md §3 "quantized").
 
 :func:`export` turns a trained ``full``, ``hash``, ``double_hash``, ``qr``, ``compositional`` or
 ``robe`` table (or its ``nn.EmbeddingBag`` drop-in) into an inference module that stores the
@@ -16,8 +16,11 @@ within ``scale_r / 2`` of the float. ROBE's 1-D array is quantized in chunks of
 
 Example::
 
+    >>> from slimembed.tables import Feature, export, make_table, memory_report
+    >>> features = [Feature("C1", 10**5, 16), Feature("C2", 1000, 16)]
     >>> q = export(make_table("hash", features, compression=10), dtype="int8")
     >>> memory_report(q).buffer_bytes     # uint8 rows + 8 bytes per row + hash seeds
+    242450
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 
 from .base import EmbeddingTable, TableEmbeddingBag
 from .gather import GatherTable
+from .registry import register
 
 DTYPES = ("int8", "fp16")
 ROBE_CHUNK = 64
@@ -53,6 +57,7 @@ def quantize_rows(weight: Tensor, dtype: str = "int8") -> Dict[str, Tensor]:
     return {"qweight": q, "scale": scale, "bias": lo}
 
 
+@register("quantized")
 class QuantizedTable(EmbeddingTable):
     """An exported, inference-only gather table with 8-bit (or fp16) rows.
 
@@ -68,6 +73,8 @@ class QuantizedTable(EmbeddingTable):
     """
 
     method = "quantized"
+    trainable = False
+    not_shardable_reason = "int8/fp16 rows are an inference export, not a trainable table"
 
     def __init__(self, source: EmbeddingTable, dtype: str = "int8") -> None:
         super().__init__(source.features)
@@ -102,20 +109,21 @@ class QuantizedTable(EmbeddingTable):
 
     @staticmethod
     def _kind(source: EmbeddingTable) -> str:
+        """How the source stores rows: ``gather`` (a fused 2-D weight), ``robe`` (one 1-D array)
+        or ``full`` (a full table kept outside the gather engine, e.g. on a torchrec EBC)."""
         from .robe import RobeTable
 
+        w = getattr(source, "weight", None)
+        full_like = (getattr(source, "method", None) == "full" and isinstance(w, Tensor) and w.dim() == 2
+                     and hasattr(source, "row_offsets"))
+        if not (getattr(source, "quantizable", False) or full_like):
+            raise TypeError(
+                f"export supports gather-based tables (full, hash, double_hash, qr, compositional, "
+                f"robe), got {type(source).__name__} (method {getattr(source, 'method', None)!r})"
+            )
         if isinstance(source, GatherTable):
             return "gather"
-        if isinstance(source, RobeTable):
-            return "robe"
-        w = getattr(source, "weight", None)
-        if isinstance(w, Tensor) and w.dim() == 2 and hasattr(source, "row_offsets") \
-                and source.method == "full":
-            return "full"
-        raise TypeError(
-            f"export supports gather-based tables (full, hash, double_hash, qr, compositional, "
-            f"robe), got {type(source).__name__} (method {source.method!r})"
-        )
+        return "robe" if isinstance(source, RobeTable) else "full"
 
     @property
     def output_dims(self):
@@ -124,6 +132,16 @@ class QuantizedTable(EmbeddingTable):
     def config(self) -> Dict[str, Any]:
         return {"method": self.method, "dtype": self.dtype_name, "source": self.inner.config()}
 
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any], features: Optional[Any] = None) -> "QuantizedTable":
+        """Rebuild from :meth:`config` (the source's config and ``dtype``); load a
+        ``state_dict`` for the codes. The source is built fresh (random rows) and quantized."""
+        from .registry import make_table_from_config
+
+        cfg = dict(cfg)
+        source = make_table_from_config(cfg.pop("source"), features)
+        return cls(source, **cfg)
+
     # ------------------------------------------------------------------ dequantization
     def dequant_rows(self, idx: Tensor) -> Tensor:
         """Rows ``idx [...]`` of the stored table, dequantized: ``FloatTensor[..., w]``."""
@@ -131,7 +149,7 @@ class QuantizedTable(EmbeddingTable):
         q = self.qweight.index_select(0, flat).float()
         if self.dtype_name == "int8":
             q = q * self.scale.index_select(0, flat).unsqueeze(1) + self.bias.index_select(0, flat).unsqueeze(1)
-        return q.view(*idx.shape, -1)
+        return q.view(*idx.shape, q.shape[-1])
 
     def dequant_elems(self, pos: Tensor) -> Tensor:
         """Elements ``pos [...]`` of ROBE's array, dequantized: ``FloatTensor[...]``."""

@@ -21,8 +21,18 @@ def register(name: str) -> Callable[[Type], Type]:
     return deco
 
 
-def available_methods() -> List[str]:
-    return sorted(_REGISTRY)
+def available_methods(include_export: bool = False) -> List[str]:
+    """Registered method names, sorted: the trainable ones, or with ``include_export=True`` also
+    the export-only kinds (``trainable = False``: ``quantized``, ``optembed-compact``).
+
+    Example::
+
+        >>> "hash" in available_methods(), "optembed-compact" in available_methods()
+        (True, False)
+        >>> "optembed-compact" in available_methods(include_export=True)
+        True
+    """
+    return sorted(m for m, cls in _REGISTRY.items() if include_export or getattr(cls, "trainable", True))
 
 
 def get_table_class(method: str) -> type:
@@ -30,7 +40,7 @@ def get_table_class(method: str) -> type:
         return _REGISTRY[method]
     except KeyError:
         raise ValueError(
-            f"unknown table method {method!r}; available: {', '.join(available_methods())}"
+            f"unknown table method {method!r}; available: {', '.join(available_methods(include_export=True))}"
         ) from None
 
 
@@ -52,7 +62,8 @@ def make_table(
 
     Example::
 
-        >>> make_table("full", [Feature("C1", 1000, 16)])
+        >>> make_table("hash", [Feature("C1", 1000, 16)], compression=10).budget_solution["value"]
+        99
     """
     cls = get_table_class(method)
     if budget_bytes is not None and compression is not None:
@@ -71,15 +82,28 @@ def make_table(
 def make_table_from_config(config: Dict[str, Any], features: Optional[Sequence[Feature]] = None):
     """Build a table from a plain dict ``{"method": ..., **kwargs}`` (e.g. parsed YAML).
 
-    ``features`` may be given in the dict (as dicts) or as the argument.
+    ``features`` may be given in the dict (as dicts) or as the argument. A class with a
+    ``from_config(cfg, features)`` classmethod (an export kind wrapping a source table) builds
+    itself from the rest of the dict.
+
+    Example::
+
+        >>> t = make_table("qr", [Feature("C1", 1000, 8)], collisions=10)
+        >>> make_table_from_config(t.config()).rows_per_feature
+        [110]
     """
     cfg = dict(config)
     method = cfg.pop("method", None)
     if method is None:
         raise ValueError(f"table config needs a 'method' key, got keys {sorted(config)}")
     feats = cfg.pop("features", None)
+    if features is None and getattr(get_table_class(method), "from_config", None) is not None:
+        return get_table_class(method).from_config(cfg, None)
     if features is None:
         if feats is None:
             raise ValueError("table config has no 'features' and none were passed")
         features = [f if isinstance(f, Feature) else Feature.from_dict(f) for f in feats]
+    from_config = getattr(get_table_class(method), "from_config", None)
+    if from_config is not None:
+        return from_config(cfg, features)
     return make_table(method, features, **cfg)

@@ -13,16 +13,16 @@ vocabulary: the table is vocabulary-free (any non-negative int64 id).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag
-from .budget import solve_knob
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable
 from .feature import Feature
-from .gather import common_dim, unsupported_bag_args
+from .gather import common_dim
 from .hashing import HashFamily
+from .dropin import EmbeddingBag
 from .registry import register
 
 
@@ -56,7 +56,7 @@ class RobeTable(EmbeddingTable):
         block_size: alternatively the block length ``D / Z``.
         signed: multiply each block by a ±1 sign hash (default True, as in the paper).
         seed: the hash family's seed.
-        init_scale: uniform ``±init_scale`` (DESIGN §3: 0.05).
+        init_scale: uniform ``±init_scale`` (docs/architecture.md §3: 0.05).
 
     Memory: ``4 m`` bytes + hash coefficients (``32 F Z`` bytes with signs).
 
@@ -72,6 +72,11 @@ class RobeTable(EmbeddingTable):
     method = "robe"
     needs_range = False
     DEFAULT_MAX_SIZE = 2**24
+    budget_knob = "size"
+    solved_knobs = ("size",)
+    search_space = {"num_blocks": [1, 2, 4]}
+    quantizable = True
+    not_shardable_reason = "embeddings are windows of one shared 1-D array at hashed offsets; there are no rows to place"
 
     def __init__(
         self,
@@ -171,23 +176,14 @@ class RobeTable(EmbeddingTable):
         return self._rows(ids, None)
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any):
-        """The table at knob ``size = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), size=value, **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "RobeTable":
-        """The largest array under ``budget_bytes``. Granularity: one float, 4 bytes."""
-        features = list(features)
-        kwargs.pop("size", None)
-        dim = common_dim(features, "RobeTable")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """The array's length ``size`` in floats. Granularity: one float, 4 bytes."""
+        dim = common_dim(features, cls.__name__)
         full = sum(min(int(f.num_embeddings), 2**40) for f in features) * dim
-        hi = max(1, min(full, budget_bytes // 4))
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 1, hi,
-                          method=cls.method, knob="size")
+        return 1, max(1, min(full, budget_bytes // 4))
 
 
-class RobeEmbeddingBag(TableEmbeddingBag):
+class RobeEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by :class:`RobeTable` (one feature, ``size`` floats).
 
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space;
@@ -197,36 +193,4 @@ class RobeEmbeddingBag(TableEmbeddingBag):
     ``forward(input, offsets=None, per_sample_weights=None) -> [B, embedding_dim]``.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        size: Optional[int] = None,
-        num_blocks: int = 1,
-        signed: bool = True,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
-        if sparse:
-            raise NotImplementedError("RobeEmbeddingBag has one shared array; sparse=True is not supported")
-        table = RobeTable([Feature("input", num_embeddings, embedding_dim)], size=size,
-                          num_blocks=num_blocks, signed=signed, seed=seed, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+    fixed_method = "robe"

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable, TableEmbeddingBag, device_constant
-from .budget import solve_knob
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .feature import Feature, check_features
 from .full import FullTable
+from .dropin import EmbeddingBag
 from .registry import register
 
 Shape3 = Tuple[int, int, int]
@@ -214,7 +214,7 @@ class TTTable(EmbeddingTable):
         init_scale: target scale ``s``. Cores are sampled N(0, sigma^2) with
             ``sigma = (s^2 / (3 R^2))^(1/6)``, so each reconstructed entry (a sum of ``R^2``
             products of three core entries) has variance ``s^2 / 3``, that of uniform ``±s``
-            (TT-Rec's sampled-Gaussian init, matched to DESIGN §3's ±0.05).
+            (TT-Rec's sampled-Gaussian init, matched to docs/architecture.md §3's ±0.05).
         sparse: sparse gradients for the full child.
 
     Memory: ``sum_TT (n1*d1 + n2*d2*R + n3*d3)*R + sum_full N*d`` floats, plus int64 index
@@ -231,6 +231,12 @@ class TTTable(EmbeddingTable):
     """
 
     method = "tt"
+    budget_knob = "rank"
+    solved_knobs = ("rank",)
+    refuse_solved_knobs = True
+    search_space: Dict[str, Any] = {}
+    supports_sparse = True
+    not_shardable_reason = "embeddings are contracted from three tensor-train cores by matmuls; there are no rows to place"
     needs_range = True
 
     def __init__(
@@ -332,26 +338,16 @@ class TTTable(EmbeddingTable):
         ).total_bytes()
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "TTTable":
-        """The largest rank ``R`` whose table fits ``budget_bytes`` (memory is non-decreasing in R).
-
-        Granularity: one rank step. Raises ``ValueError`` naming the minimum (``R = 1``, small
-        fields full) when the budget is below it; lower ``threshold`` to compress more fields.
-        """
-        if "rank" in kwargs:
-            raise TypeError("for_budget solves 'rank'; do not pass it")
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """The rank ``R`` (memory is non-decreasing in R). Granularity: one rank step. At
+        ``R = 1`` small fields stay full; lower ``threshold`` to compress more fields."""
         features = check_feats(features)
         # At R^2 >= N*d every field's middle core alone is at least the full table: all full.
-        hi = max(1, math.isqrt(max(int(f.num_embeddings) * f.embedding_dim for f in features)) + 1)
-        return solve_knob(
-            lambda r: cls(features, rank=r, **kwargs),
-            budget_bytes,
-            lo=1,
-            hi=hi,
-            method="tt",
-            knob="rank",
-            bytes_of=lambda r: cls.memory_bytes(features, r, **kwargs),
-        )
+        return 1, max(1, math.isqrt(max(int(f.num_embeddings) * f.embedding_dim for f in features)) + 1)
+
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        return lambda r: cls.memory_bytes(features, r, **kwargs)
 
     # ------------------------------------------------------------------ lookup
     def _tt_rows(self, g: int, ids: Tensor, slots: Tensor) -> Tensor:
@@ -425,7 +421,7 @@ class TTTable(EmbeddingTable):
 
 
 
-class TTEmbeddingBag(TableEmbeddingBag):
+class TTEmbeddingBag(EmbeddingBag):
     """Drop-in for ``nn.EmbeddingBag`` backed by a one-feature :class:`TTTable` (always TT).
 
     Same constructor (plus the TT arguments) and forward ``(input, offsets=None,
@@ -449,36 +445,13 @@ class TTEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        tt_rank: int = 8,
-        tt_p_shapes: Optional[Sequence[int]] = None,
-        tt_q_shapes: Optional[Sequence[int]] = None,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        if max_norm is not None or scale_grad_by_freq:
-            raise NotImplementedError("TTEmbeddingBag does not support max_norm or scale_grad_by_freq")
-        if sparse:
-            raise NotImplementedError("TTEmbeddingBag: TT cores get dense gradients; sparse=True is not supported")
-        if _weight is not None:
-            raise NotImplementedError("TTEmbeddingBag cannot take _weight: a dense matrix has no exact TT form")
+    fixed_method = "tt"
+    renamed = {"tt_rank": "rank"}
+    sparse_ok = False  # the one feature is always TT: its cores get dense gradients
+
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         default_p, default_q = tt_shapes(num_embeddings, embedding_dim)
-        p = tuple(tt_p_shapes) if tt_p_shapes is not None else default_p
-        q = tuple(tt_q_shapes) if tt_q_shapes is not None else default_q
-        feature = Feature("input", num_embeddings, embedding_dim)
-        table = TTTable([feature], rank=tt_rank, shapes={"input": (p, q)}, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
+        p, q = kwargs.pop("tt_p_shapes", None), kwargs.pop("tt_q_shapes", None)
+        kwargs.setdefault("shapes", {"input": (tuple(p) if p is not None else default_p,
+                                               tuple(q) if q is not None else default_q)})
+        return kwargs

@@ -8,7 +8,7 @@ Chunks are spread round-robin over the sub-tables in (feature, chunk) order, as 
 ``UnifiedEmbeddingConfig.add_feature`` does. Small features (``num_embeddings <=
 collisionless_max``) may keep private, collision-free rows instead.
 
-The module is two standard parts (DESIGN §2):
+The module is two standard parts (docs/architecture.md §2):
 
 1. a **remap step** (:class:`SharedRowRemap`): ``ids -> rows`` of the shared space, per chunk;
 2. a **plain table**: ``backend="gather"`` (default) one fused weight read by the project's gather
@@ -51,17 +51,18 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, HAVE_TORCHREC, EmbeddingTable, TableEmbeddingBag, device_constant
-from .budget import module_bytes, solve_knob
+from .budget import module_bytes
 from .feature import Feature, check_features
-from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_feature, unsupported_bag_args
+from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_feature
 from .hashing import HashFamily, universal_hash
+from .dropin import EmbeddingBag
 from .registry import register
 
 if HAVE_TORCHREC:
@@ -217,7 +218,7 @@ class SharedRowRemap(nn.Module):
         is chunk ``j`` of feature ``t``, i.e. the concatenation order of the embeddings.
         """
         if self.all_valid:
-            return self(ids, None, kind).reshape(ids.shape[0], -1)
+            return self(ids, None, kind).reshape(ids.shape[0], self.valid_flat.numel())
         flat = self.valid_flat  # [S] positions in the [F, c_max] grid
         field = device_constant(self, "valid_field", self.valid.device, self._valid_field_list)
         coef = self.hashes.coef.reshape(-1, 2).index_select(0, flat)
@@ -267,19 +268,31 @@ class UnifiedTable(GatherTable):
             ``EmbeddingBagCollection``; ``sparse`` must be False, KJT weights are not supported).
         seed: the hash family's seed (salts are the feature names).
         sparse: sparse row gradients (gather backend).
-        init_scale: rows uniform ``±init_scale`` (DESIGN §3: 0.05); projections Xavier-uniform.
+        init_scale: rows uniform ``±init_scale`` (docs/architecture.md §3: 0.05); projections Xavier-uniform.
 
     Shapes: dense ``[B, F]`` -> ``[B, F, D]`` (``"none"``: ``[B, sum_t c_t * chunk_dim]``); a KJT
     -> ``KeyedTensor`` ``[B, sum(output_dims)]``, pooled per feature (sum or mean).
 
     Example::
 
+        >>> from slimembed.tables import Feature, make_table
+        >>> feats = [Feature("C1", 10**6, 16), Feature("C2", 50, 16)]
         >>> t = make_table("unified", feats, compression=50, backend="torchrec")
         >>> [c.feature_names for c in t.ebc.embedding_bag_configs()]   # chunk names per table
+        [['C1_0', 'C1_1', 'C1_2', 'C1_3'], ['C2_0']]
     """
 
     method = "unified"
     needs_range = False
+    budget_knob = "rows"
+    solved_knobs = ("rows",)
+    search_space = {"num_tables": [1, 2, 4]}
+    quantizable = True
+    supports_sparse = True
+    # only the gather backend (the default); backend='torchrec' builds a DMP-shardable child EBC
+    not_shardable_reason = ("backend='gather' keeps the shared rows in one fused parameter read by slimembed's "
+                            "gather engine; build it with backend='torchrec' (a child EmbeddingBagCollection "
+                            "that DMP shards)")
     _plain_keys = False  # multiplexed: torchrec keys are the feature names themselves
 
     def __init__(
@@ -551,9 +564,9 @@ class UnifiedTable(GatherTable):
         """``[B, F, c_max * chunk_dim]`` (unused slots included) -> the used slots ``[B, S * chunk_dim]``."""
         b = x.shape[0]
         if self.remap.all_valid:
-            return x.reshape(b, -1)
+            return x.flatten(1)  # flatten, not reshape(b, -1): B = 0 has no -1 to infer
         grid = x.reshape(b, self.num_features * self.c_max, self.chunk_dim)
-        return grid.index_select(1, self.remap.valid_flat).reshape(b, -1)
+        return grid.index_select(1, self.remap.valid_flat).flatten(1)
 
     # ------------------------------------------------------------------ gather backend
     def gather_index(self, ids: Tensor, fields: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
@@ -566,7 +579,7 @@ class UnifiedTable(GatherTable):
     def combine(self, rows: Tensor, coef: Optional[Tensor], fields: Optional[Tensor]) -> Tensor:
         """Gathered rows (``[B, S, 1, d]`` dense, ``[N, c_max, d]`` with fields) -> :meth:`finish`."""
         if fields is None:
-            return self.finish(rows.reshape(rows.shape[0], -1), None)
+            return self.finish(rows.flatten(1), None)
         return self.finish(combine_rows(rows, coef, "concat"), fields)
 
     def _rows(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
@@ -579,7 +592,7 @@ class UnifiedTable(GatherTable):
         if self.sparse:
             return self.combine(F.embedding(idx, self.weight, sparse=True), coef, fields)
         out = gather_combine(self.weight, idx, coef, "concat")
-        return self.finish(out.reshape(out.shape[0], -1) if fields is None else out, fields)
+        return self.finish(out.flatten(1) if fields is None else out, fields)
 
     def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
         return self._rows(ids, fields)
@@ -610,7 +623,7 @@ class UnifiedTable(GatherTable):
         out = F.embedding_bag(idx.t().reshape(-1), self.weight, all_offsets, mode="sum",
                               per_sample_weights=None if weights is None else weights.t().reshape(-1),
                               include_last_offset=True, sparse=self.sparse)
-        return out.view(c, nb, -1).transpose(0, 1).reshape(nb, c * self.chunk_dim)
+        return out.view(c, nb, out.shape[-1]).transpose(0, 1).reshape(nb, c * self.chunk_dim)
 
     # ------------------------------------------------------------------ torchrec backend
     def _kjt_chunks(self, local: Tensor, lengths: Tensor, fields: Tensor) -> "KeyedJaggedTensor":
@@ -638,7 +651,7 @@ class UnifiedTable(GatherTable):
         v = kt.values().view(batch, len(self._ebc_keys), self.chunk_dim)
         if len(self._ebc_keys) > 1:
             v = v.index_select(1, self._ebc_gather)
-        return v.reshape(batch, -1)
+        return v.flatten(1)
 
     def _ebc_dense(self, ids: Tensor) -> Tensor:
         """Dense ``[B, F]`` -> the used slots ``[B, S * chunk_dim]`` through the child EBC."""
@@ -678,16 +691,17 @@ class UnifiedTable(GatherTable):
             if mean:
                 slot_field = torch.div(self.remap.valid_flat, self.c_max, rounding_mode="floor")
                 per_slot = denom.view(nf, b).t().index_select(1, slot_field)  # [B, S]
-                raw = (raw.view(b, -1, self.chunk_dim) / per_slot.unsqueeze(-1).to(raw.dtype)).reshape(b, -1)
+                raw = (raw.view(b, per_slot.shape[1], self.chunk_dim)
+                       / per_slot.unsqueeze(-1).to(raw.dtype)).flatten(1)
         else:
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=values.device)
             offsets[1:] = torch.cumsum(lengths, 0)
             pooled = self.pool(values, fields, offsets, weights)  # [F * B, c_max * d]
             if mean:
                 pooled = pooled / denom.unsqueeze(1).to(pooled.dtype)
-            raw = self.slots_from_grid(pooled.view(nf, b, -1).transpose(0, 1))
+            raw = self.slots_from_grid(pooled.view(nf, b, pooled.shape[-1]).transpose(0, 1))
         out = self.finish(raw, None)
-        return KeyedTensor(keys=names, length_per_key=self.output_dims, values=out.reshape(b, -1))
+        return KeyedTensor(keys=names, length_per_key=self.output_dims, values=out.flatten(1))
 
     # ------------------------------------------------------------------ drop-ins over the shared table
     def feature_bag(self, feature: str, mode: str = "mean", include_last_offset: bool = False,
@@ -704,26 +718,31 @@ class UnifiedTable(GatherTable):
 
     # ------------------------------------------------------------------ budgets
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "UnifiedTable":
-        """The table at knob ``rows = value`` (what :meth:`for_budget` solves)."""
-        return cls(list(features), rows=value, **kwargs)
+    def _linear_bytes(cls, features: List[Feature], **kwargs: Any) -> Tuple[int, int]:
+        """``(bytes(1), step)``: memory is exactly linear in ``rows``, ``bytes(rows) = bytes(1) +
+        (rows - 1) * 4 * num_tables * chunk_dim``; ``bytes(1)`` (collision-free rows,
+        projections and buffers) is measured on a real build."""
+        small = cls.budget_build(features, 1, **kwargs)
+        return module_bytes(small), 4 * small.num_tables * small.chunk_dim
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "UnifiedTable":
-        """The most rows per shared sub-table whose memory fits ``budget_bytes``.
+    def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
+        """Rows per shared sub-table. Granularity: ``4 * num_tables * chunk_dim`` bytes."""
+        check_features(features)
+        base, step = cls._linear_bytes(features, **kwargs)
+        return 1, max(1, (int(budget_bytes) - base) // step + 2)  # one past the answer: next_bytes
 
-        Memory is exactly linear in ``rows``: ``bytes(rows) = bytes(1) + (rows - 1) * 4 *
-        num_tables * chunk_dim`` (``bytes(1)`` is measured on a real build: collision-free rows,
-        projections and buffers). Granularity: ``4 * num_tables * chunk_dim`` bytes.
-        """
-        features = check_features(features)
-        kwargs.pop("rows", None)
-        small = cls.budget_build(features, 1, **kwargs)
-        base = module_bytes(small)
-        step = 4 * small.num_tables * small.chunk_dim
-        hi = max(1, (int(budget_bytes) - base) // step + 2)  # one past the answer: next_bytes
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, 1, hi,
-                          method=cls.method, knob="rows", bytes_of=lambda v: base + (v - 1) * step)
+    @classmethod
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        base, step = cls._linear_bytes(features, **kwargs)
+        return lambda v: base + (v - 1) * step
+
+    def why_not_shardable(self) -> Optional[str]:
+        return self.not_shardable_reason if self.backend == "gather" else None
+
+    @classmethod
+    def why_not_shardable_config(cls, cfg: Mapping[str, Any]) -> Optional[str]:
+        return None if cfg.get("backend", "gather") == "torchrec" else cls.not_shardable_reason
 
     def extra_repr(self) -> str:
         return (f"method={self.method!r}, features={self.num_features}, rows={self.rows}, "
@@ -758,7 +777,7 @@ class _FeatureView(nn.Module):
         return EmbeddingTable.bag(self, ids, offsets, mode, per_sample_weights, padding_idx)  # type: ignore[arg-type]
 
 
-class UnifiedEmbeddingBag(TableEmbeddingBag):
+class UnifiedEmbeddingBag(EmbeddingBag):
     """``nn.EmbeddingBag`` drop-in backed by a one-feature :class:`UnifiedTable`.
 
     One feature alone has nothing to share a table with, so this is the chunked part of Unified
@@ -781,41 +800,16 @@ class UnifiedEmbeddingBag(TableEmbeddingBag):
         torch.Size([2, 16])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_idx: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        num_rows: Optional[int] = None,
-        chunks: Optional[int] = None,
-        chunk_dim: Optional[int] = None,
-        seed: int = 0,
-        init_scale: float = DEFAULT_INIT_SCALE,
-    ) -> None:
-        unsupported_bag_args(type(self).__name__, max_norm, scale_grad_by_freq, _weight)
+    fixed_method = "unified"
+    renamed = {"num_rows": "rows"}
+
+    def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        chunks, chunk_dim = kwargs.get("chunks"), kwargs.get("chunk_dim")
         if chunk_dim is None:
             chunk_dim = (embedding_dim // chunks if chunks and embedding_dim % chunks == 0
                          else default_chunk_dim(embedding_dim))
-        if chunks is None:
-            chunks = max(1, embedding_dim // chunk_dim)
-        rows = num_rows if num_rows is not None else min(int(num_embeddings), DEFAULT_MAX_ROWS)
-        table = UnifiedTable([Feature("input", num_embeddings, embedding_dim)], rows=rows,
-                             chunk_dim=chunk_dim, chunks=chunks, collisionless_max=0,
-                             seed=seed, sparse=sparse, init_scale=init_scale)
-        super().__init__(table, mode=mode, include_last_offset=include_last_offset,
-                         padding_idx=padding_idx)
-        table.to(device=device, dtype=dtype)
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.table.weight
+        kwargs["chunk_dim"] = chunk_dim
+        kwargs["chunks"] = max(1, embedding_dim // chunk_dim) if chunks is None else chunks
+        kwargs.setdefault("rows", min(num_embeddings, DEFAULT_MAX_ROWS))
+        kwargs.setdefault("collisionless_max", 0)
+        return kwargs
