@@ -28,44 +28,6 @@ WHY_DIM4 = ("fbgemm's fused TBE kernel needs dims divisible by 4 "
             "(EmbeddingBagCollectionSharder.compute_kernels: DENSE only for data_parallel)")
 
 
-# ---------------------------------------------------------------------------------- FALLBACK
-# TRANSITIONAL: the reasons below move onto the table classes (``not_shardable_reason``,
-# ``why_not_shardable``, ``why_not_shardable_config``). This one function answers for classes that
-# do not have those methods yet; delete it (and its two call sites) once every class has them.
-def _fallback_reason(method: str, backend: Optional[str], type_name: str, has_ebc: bool = False) -> Optional[str]:
-    """Today's name list: ``None`` when ``method`` (with ``backend``) is DMP-shardable, else why not."""
-    if has_ebc or method == "full":
-        return None
-    if method in ("unified", "multiplexed"):
-        if backend == "torchrec":
-            return None
-        return ("backend='gather' keeps the shared rows in one fused parameter read by slimembed's "
-                "gather engine; build it with backend='torchrec' (a child EmbeddingBagCollection "
-                "that DMP shards)")
-    reasons = {
-        "hash": "its rows are one fused parameter read through slimembed's gather engine (hashed ids), "
-                "not a torchrec EmbeddingBagCollection",
-        "double_hash": "two hashed lookups into one fused parameter are summed per id by slimembed's "
-                       "gather engine; there is no torchrec EmbeddingBagCollection",
-        "compositional": "k complementary partitions are gathered from one fused parameter and combined "
-                         "per id (mult/add/concat) before pooling; a pooled torchrec lookup cannot express that",
-        "qr": "the quotient and remainder rows are combined per id (mult by default) before pooling; "
-              "torchrec pools each table separately, so no EmbeddingBagCollection can express it",
-        "robe": "embeddings are windows of one shared 1-D array at hashed offsets; there are no rows to place",
-        "tt": "embeddings are contracted from three tensor-train cores by matmuls; there are no rows to place",
-        "dhe": "an MLP computes each embedding from 1024 hashes; there is no table at all",
-        "mde": "per-field tables of different dims with projections live in slimembed modules, "
-               "not in a torchrec EmbeddingBagCollection",
-        "optembed": "row and dimension masks (learned thresholds) are applied inside the lookup; "
-                    "torchrec's sharded kernels cannot apply them",
-        "quantized": "int8/fp16 rows are an inference export, not a trainable table",
-    }
-    base = method.split("_")[0] if method.startswith("optembed") else method
-    return reasons.get(base, f"{type_name} holds its rows in custom modules, "
-                             "not in a plain torchrec EmbeddingBagCollection")
-# ---------------------------------------------------------------------------------- end FALLBACK
-
-
 def plain_ebcs(module: nn.Module) -> List[Tuple[str, nn.Module]]:
     """``[(path, ebc)]``: the plain torchrec ``EmbeddingBagCollection`` modules DMP can shard."""
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -89,8 +51,10 @@ def why_not_shardable(table: nn.Module) -> Optional[str]:
     own = getattr(table, "why_not_shardable", None)
     if callable(own):
         return own()
-    return _fallback_reason(getattr(table, "method", type(table).__name__), getattr(table, "backend", None),
-                            type(table).__name__, has_ebc=bool(plain_ebcs(table)))
+    if plain_ebcs(table):  # any module holding a plain torchrec collection
+        return None
+    return (f"{type(table).__name__} holds its rows in custom modules, not in a plain torchrec "
+            "EmbeddingBagCollection")
 
 
 def sharding_candidates(model: nn.Module) -> Dict[str, Optional[str]]:
@@ -107,8 +71,7 @@ def check_method_shardable(method: str, table_cfg: Optional[Mapping[str, Any]] =
 
     cfg = dict(table_cfg or {})
     cls = get_table_class(method)
-    own = getattr(cls, "why_not_shardable_config", None)
-    why = own(cfg) if callable(own) else _fallback_reason(method, cfg.get("backend", "gather"), cls.__name__)
+    why = cls.why_not_shardable_config(cfg)
     if why is None:
         return
     raise ValueError(
