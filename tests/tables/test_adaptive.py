@@ -105,7 +105,8 @@ def test_adam_reduces_toy_regression_loss():
     torch.manual_seed(0)
     t = AdaptiveTable(FEATS, top_percent=0.1, counts=COUNTS, shared_rows=8)
     ids = dense_ids(256)
-    target = torch.randn(256, 3, 8) * 0.1
+    truth = [torch.randn(f.num_embeddings, 8) * 0.1 for f in FEATS]  # a target per (field, id)
+    target = torch.stack([truth[f][ids[:, f]] for f in range(3)], 1)
     opt = torch.optim.Adam(t.parameters(), lr=0.05)
     losses = []
     for _ in range(30):
