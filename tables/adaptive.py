@@ -35,6 +35,58 @@ def top_ids_from_counts(counts: Union[Tensor, np.ndarray, Sequence[int]], k: int
     return order[: max(0, int(k))] + 1
 
 
+def hot_id_lists(features: Sequence[Feature], top_percent: float, counts: Optional[FreqSource],
+                 frequent_ids: Optional[FreqSource], num_hot: RowsSpec, who: str) -> List[Tensor]:
+    """Per feature, the sorted ``LongTensor`` of its ``floor(top_percent * N_f)`` most frequent ids.
+
+    Exactly one source: ``counts`` (``{name: counts}``, entry ``i`` = id ``1 + i``),
+    ``frequent_ids`` (``{name: ids}``, most frequent first) or ``num_hot`` (placeholders ``1..n_f``
+    that a ``load_state_dict`` overwrites). A feature missing from ``counts``/``frequent_ids`` has
+    no hot ids.
+    """
+    if sum(x is not None for x in (counts, frequent_ids, num_hot)) != 1:
+        raise ValueError(f"{who} needs exactly one frequency source: counts=, frequent_ids= or "
+                         "num_hot= (to load hot ids from a state dict)")
+    sizes = [int(f.num_embeddings) for f in features]
+    want = [int(float(top_percent) * n) for n in sizes]
+    placeholders = per_feature(num_hot, features, "num_hot") if num_hot is not None else None
+    hot: List[Tensor] = []
+    for i, f in enumerate(features):
+        if placeholders is not None:
+            ids = torch.arange(1, min(placeholders[i], sizes[i] - 1) + 1)
+        elif counts is not None:
+            c = counts.get(f.name)
+            if c is not None and len(c) > sizes[i] - 1:
+                raise ValueError(f"{who}: counts for feature {f.name!r} have {len(c)} entries > "
+                                 f"num_embeddings - 1 = {sizes[i] - 1}")
+            ids = top_ids_from_counts(c, want[i]) if c is not None else torch.empty(0, dtype=torch.long)
+        else:
+            src = frequent_ids.get(f.name) if frequent_ids is not None else None
+            ids = torch.as_tensor(np.asarray([] if src is None else src), dtype=torch.long).reshape(-1)
+            if torch.unique(ids).numel() != ids.numel():
+                raise ValueError(f"{who}: frequent_ids of feature {f.name!r} repeat an id")
+            ids = ids[: want[i]]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= sizes[i]):
+            raise ValueError(f"{who}: frequent id out of [0, {sizes[i]}) for feature {f.name!r}")
+        hot.append(torch.sort(ids).values)
+    return hot
+
+
+def ranked_capacity(features: Sequence[Feature], kwargs: Mapping[str, Any]) -> List[int]:
+    """Per feature, the most hot ids the frequency source in ``kwargs`` can give."""
+    out = []
+    for f in features:
+        if kwargs.get("counts") is not None:
+            c = kwargs["counts"].get(f.name)
+            out.append(0 if c is None else len(c))
+        elif kwargs.get("frequent_ids") is not None:
+            s = kwargs["frequent_ids"].get(f.name)
+            out.append(0 if s is None else len(s))
+        else:
+            out.append(int(f.num_embeddings) - 1)
+    return out
+
+
 @register("adaptive")
 class AdaptiveTable(EmbeddingTable):
     """Adaptive Embedding (DeepRec; the VLDB'24 benchmark's AdaptEmb): frequent ids own rows.
@@ -108,9 +160,6 @@ class AdaptiveTable(EmbeddingTable):
         dim = common_dim(self.features, "AdaptiveTable")
         if not 0.0 <= float(top_percent) <= 1.0:
             raise ValueError(f"AdaptiveTable: top_percent must be in [0, 1], got {top_percent}")
-        if sum(x is not None for x in (counts, frequent_ids, num_hot)) != 1:
-            raise ValueError("AdaptiveTable needs exactly one frequency source: counts=, "
-                             "frequent_ids= or num_hot= (to load hot ids from a state dict)")
         sizes = [int(f.num_embeddings) for f in self.features]
         self.top_percent = float(top_percent)
         m = per_feature(shared_rows, self.features, "shared_rows")
@@ -120,26 +169,7 @@ class AdaptiveTable(EmbeddingTable):
         self.shared_list: List[int] = m
         self.seed = int(seed)
         self.init_scale = float(init_scale)
-        want = [int(self.top_percent * n) for n in sizes]
-        hot: List[Tensor] = []
-        placeholders = per_feature(num_hot, self.features, "num_hot") if num_hot is not None else None
-        for i, f in enumerate(self.features):
-            if placeholders is not None:
-                ids = torch.arange(1, min(placeholders[i], sizes[i] - 1) + 1)
-            elif counts is not None:
-                ids = top_ids_from_counts(counts[f.name], want[i]) if f.name in counts else torch.empty(0, dtype=torch.long)
-                if f.name in counts and len(counts[f.name]) > sizes[i] - 1:
-                    raise ValueError(f"AdaptiveTable: counts for feature {f.name!r} have "
-                                     f"{len(counts[f.name])} entries > num_embeddings - 1 = {sizes[i] - 1}")
-            else:
-                src = frequent_ids.get(f.name) if frequent_ids is not None else None
-                ids = torch.as_tensor(np.asarray([] if src is None else src), dtype=torch.long).reshape(-1)
-                if torch.unique(ids).numel() != ids.numel():
-                    raise ValueError(f"AdaptiveTable: frequent_ids of feature {f.name!r} repeat an id")
-                ids = ids[: want[i]]  # the first n_f, most frequent first
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= sizes[i]):
-                raise ValueError(f"AdaptiveTable: frequent id out of [0, {sizes[i]}) for feature {f.name!r}")
-            hot.append(torch.unique(ids))
+        hot = hot_id_lists(self.features, self.top_percent, counts, frequent_ids, num_hot, "AdaptiveTable")
         self.hot_list: List[int] = [int(h.numel()) for h in hot]
         starts = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
         self.register_buffer("key_offsets", starts)
@@ -219,7 +249,7 @@ class AdaptiveTable(EmbeddingTable):
         fixed = module_bytes(base)
         if fixed > budget_bytes:
             raise budget_error(cls.method, fixed, budget_bytes, "shared rows alone")
-        ranked = base.ranked_capacity(features, kwargs)
+        ranked = ranked_capacity(features, kwargs)
         lo, hi = cls.knob_range(features, budget_bytes, **kwargs)
 
         def bytes_of(v: int) -> int:
@@ -228,19 +258,3 @@ class AdaptiveTable(EmbeddingTable):
 
         return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, lo, hi,
                           method=cls.method, knob="top_percent", bytes_of=bytes_of)
-
-    @staticmethod
-    def ranked_capacity(features: Sequence[Feature], kwargs: Mapping[str, Any]) -> List[int]:
-        """Per feature, the most hot ids its frequency source can give."""
-        out = []
-        for f in features:
-            n = int(f.num_embeddings)
-            if kwargs.get("counts") is not None:
-                c = kwargs["counts"].get(f.name)
-                out.append(0 if c is None else len(c))
-            elif kwargs.get("frequent_ids") is not None:
-                s = kwargs["frequent_ids"].get(f.name)
-                out.append(0 if s is None else len(s))
-            else:
-                out.append(n - 1)
-        return out
