@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DEFAULT_INIT_SCALE, EmbeddingTable
+from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .feature import Feature
 from .registry import register
 
@@ -108,9 +108,9 @@ class LowPrecisionTable(EmbeddingTable):
 
     Memory: :func:`~slimembed.tables.memory_report` counts parameters and buffers, so on a
     training table it counts the fp32 ``weight`` too; :meth:`training_only_bytes` is that part
-    and :meth:`inference_bytes` the rest (codes + scales), what budgets bound and what a trained
-    table needs at inference (:meth:`inference_bytes` = ``memory_report(...).total_bytes -
-    training_only_bytes()``).
+    and :meth:`inference_bytes` the codes (+ scales), what budgets bound and what a trained
+    table needs at inference. ``memory_report(t).total_bytes = inference_bytes() +
+    training_only_bytes() + 8 * F`` (the base class's id-limit buffer, used only to validate ids).
     """
 
     needs_range: ClassVar[bool] = True
@@ -127,11 +127,15 @@ class LowPrecisionTable(EmbeddingTable):
         self.sparse = bool(sparse)
         self.init_scale = float(init_scale)
         rows = [int(f.num_embeddings) for f in self.features]
-        offsets = torch.tensor([0] + rows[:-1], dtype=torch.long).cumsum(0)
-        self.register_buffer("row_offsets", offsets, persistent=False)
+        # a cached per-device constant, not a buffer: the budget is the codes (+ scales) alone
+        self._row_offset_list = torch.tensor([0] + rows[:-1], dtype=torch.long).cumsum(0).tolist()
         d = dims.pop()
         self.weight = nn.Parameter(torch.empty(sum(rows), d))
         self.register_buffer("qweight", torch.zeros(sum(rows), d, dtype=int_dtype(self.digit)))
+
+    def row_offsets(self, device: torch.device) -> Tensor:
+        """``LongTensor[F]``: each field's first row in the fused table."""
+        return device_constant(self, "row_offsets", device, self._row_offset_list)
 
     # ------------------------------------------------------------------ scales
     def row_scale(self, idx: Optional[Tensor] = None) -> Any:
@@ -153,12 +157,17 @@ class LowPrecisionTable(EmbeddingTable):
 
     # ------------------------------------------------------------------ lookups
     def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
-        idx = ids + self.row_offsets[fields]
+        idx = ids + self.row_offsets(ids.device)[fields]
         deq = dequantize(self.qweight.index_select(0, idx), self.row_scale(idx))
         if torch.is_grad_enabled() and self.weight.requires_grad:
             work = F.embedding(idx, self.weight, sparse=self.sparse)
             return _StraightThrough.apply(work, deq)
         return deq
+
+    def forward_dense(self, ids: Tensor) -> Tensor:
+        """``LongTensor[B, F]`` -> ``[B, F, D]`` (``B = 0`` included: the dim is known)."""
+        b, f = ids.shape
+        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.qweight.shape[1])
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
