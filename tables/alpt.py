@@ -25,6 +25,7 @@ step (the reference's step costs about two). The two differ by one optimizer ste
 Example::
 
     >>> from slimembed.tables import Feature
+    >>> from slimembed.tables.alpt import ALPTTable
     >>> t = ALPTTable([Feature("a", 100, 8)], digit=8)
     >>> t.scale.shape, t.qweight.dtype
     (torch.Size([100]), torch.int8)
@@ -55,8 +56,8 @@ def lsq_step_gradient(w: Tensor, s: Tensor, digit: int) -> Tensor:
 
     Example::
 
-        >>> lsq_step_gradient(torch.tensor([[0.26, 10.0]]), torch.tensor([[0.1]]), 8)
-        tensor([[0.4000, 127.0000]])
+        >>> lsq_step_gradient(torch.tensor([[0.26, 20.0]]), torch.tensor([[0.1]]), 8)
+        tensor([[  0.4000, 127.0000]])
     """
     lo, hi = int_range(digit)
     v = w / s

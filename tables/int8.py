@@ -24,6 +24,7 @@ rows with ``sparse=True``); the optimizer then moves ``weight``; :meth:`LowPreci
 Example::
 
     >>> from slimembed.tables import Feature
+    >>> from slimembed.tables.int8 import Int8Table
     >>> t = Int8Table([Feature("a", 100, 8)], digit=8)
     >>> t.qweight.dtype, t(torch.tensor([[3]])).shape
     (torch.int8, torch.Size([1, 1, 8]))
@@ -277,6 +278,8 @@ class Int8Table(LowPrecisionTable):
 
     Example::
 
+        >>> from slimembed.tables import Feature
+        >>> from slimembed.tables.int8 import Int8Table
         >>> t = Int8Table([Feature("a", 10, 4)], digit=8, scale=0.01)
         >>> bool((t(torch.tensor([[1]]))[0, 0] == t.qweight[1].float() * 0.01).all())
         True
