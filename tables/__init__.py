@@ -34,6 +34,12 @@ from .optembed import (
 )
 from .unified import SharedRowRemap, UnifiedEmbeddingBag, UnifiedTable
 from .multiplexed import MultiplexedEmbeddingBag, MultiplexedTable
+from .int8 import Int8Table
+from .alpt import ALPTTable
+from .deeplight import DeepLightTable
+from .adaptive import AdaptiveTable
+from .dpq import DPQCodesTable, DPQTable, MGQETable
+from .cafe import CafeTable
 from .quantized import QuantizedTable, export
 from .torchrec_full import TorchrecFullTable  # unregistered: the DMP runtime builds it from FullTable
 
@@ -48,4 +54,5 @@ __all__ = [
     "OptEmbedTable", "OptEmbedETable", "OptEmbedDTable", "OptEmbedEmbeddingBag", "CompactOptEmbedTable",
     "export_optembed", "UnifiedTable", "UnifiedEmbeddingBag", "SharedRowRemap",
     "MultiplexedTable", "MultiplexedEmbeddingBag", "QuantizedTable", "export", "TorchrecFullTable",
+    "Int8Table", "ALPTTable", "DeepLightTable", "AdaptiveTable", "DPQTable", "MGQETable", "DPQCodesTable", "CafeTable",
 ]

@@ -38,6 +38,14 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "optembed": {},
     "optembed-e": {},
     "optembed-d": {},
+    "int8": {},
+    "int16": {},
+    "alpt": {},
+    "deeplight": {},
+    "adaptive": {"top_percent": 0.1, "shared_rows": 8, "num_hot": 3},
+    "dpq": {"num_parts": 4, "num_choices": 16},
+    "mgqe": {"num_parts": 2, "num_hot": 3},
+    "cafe": {"num_buckets": 16, "cold_rows": 32, "threshold": 2},
 }
 
 
