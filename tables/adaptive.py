@@ -5,6 +5,7 @@ See :class:`AdaptiveTable` (``make_table("adaptive", ...)``) and ``docs/architec
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -30,7 +31,7 @@ def top_ids_from_counts(counts: Union[Tensor, np.ndarray, Sequence[int]], k: int
     ``vocab/<field>.counts.npy``; id 0 is the OOV id and is never hot). Ties go to the lower id
     (a stable sort). Returns ``LongTensor[min(k, len(counts))]`` in decreasing frequency.
     """
-    c = torch.as_tensor(np.asarray(counts), dtype=torch.long).reshape(-1)
+    c = torch.as_tensor(np.asarray(counts), dtype=torch.long, device="cpu").reshape(-1)
     order = torch.sort(c, descending=True, stable=True).indices
     return order[: max(0, int(k))] + 1
 
@@ -42,7 +43,7 @@ def hot_id_lists(features: Sequence[Feature], top_percent: float, counts: Option
     Exactly one source: ``counts`` (``{name: counts}``, entry ``i`` = id ``1 + i``),
     ``frequent_ids`` (``{name: ids}``, most frequent first) or ``num_hot`` (placeholders ``1..n_f``
     that a ``load_state_dict`` overwrites). A feature missing from ``counts``/``frequent_ids`` has
-    no hot ids.
+    no hot ids. Computed on the CPU (also under ``torch.device("meta")``: the ids are data).
     """
     if sum(x is not None for x in (counts, frequent_ids, num_hot)) != 1:
         raise ValueError(f"{who} needs exactly one frequency source: counts=, frequent_ids= or "
@@ -53,16 +54,16 @@ def hot_id_lists(features: Sequence[Feature], top_percent: float, counts: Option
     hot: List[Tensor] = []
     for i, f in enumerate(features):
         if placeholders is not None:
-            ids = torch.arange(1, min(placeholders[i], sizes[i] - 1) + 1)
+            ids = torch.arange(1, min(placeholders[i], sizes[i] - 1) + 1, device="cpu")
         elif counts is not None:
             c = counts.get(f.name)
             if c is not None and len(c) > sizes[i] - 1:
                 raise ValueError(f"{who}: counts for feature {f.name!r} have {len(c)} entries > "
                                  f"num_embeddings - 1 = {sizes[i] - 1}")
-            ids = top_ids_from_counts(c, want[i]) if c is not None else torch.empty(0, dtype=torch.long)
+            ids = top_ids_from_counts(c, want[i]) if c is not None else torch.empty(0, dtype=torch.long, device="cpu")
         else:
             src = frequent_ids.get(f.name) if frequent_ids is not None else None
-            ids = torch.as_tensor(np.asarray([] if src is None else src), dtype=torch.long).reshape(-1)
+            ids = torch.as_tensor(np.asarray([] if src is None else src), dtype=torch.long, device="cpu").reshape(-1)
             if torch.unique(ids).numel() != ids.numel():
                 raise ValueError(f"{who}: frequent_ids of feature {f.name!r} repeat an id")
             ids = ids[: want[i]]
@@ -136,7 +137,10 @@ class AdaptiveTable(EmbeddingTable):
     method: ClassVar[str] = "adaptive"
     needs_range: ClassVar[bool] = True
     budget_knob: ClassVar[Optional[str]] = "top_percent"
-    solved_knobs: ClassVar[Tuple[str, ...]] = ("top_percent", "shared_rows")
+    # num_hot only sizes placeholders for a state-dict load; a budget takes the hot ids from counts
+    solved_knobs: ClassVar[Tuple[str, ...]] = ("top_percent", "shared_rows", "num_hot")
+    #: the experiment passes the training split's per-id counts as ``counts=`` (docs/architecture.md §5)
+    needs_counts: ClassVar[bool] = True
     search_space: ClassVar[Dict[str, Any]] = {"shared_fraction": [0.25, 0.5, 0.75]}
     not_swept_reason: ClassVar[Optional[str]] = None
     trainable: ClassVar[bool] = True
@@ -171,9 +175,10 @@ class AdaptiveTable(EmbeddingTable):
         self.init_scale = float(init_scale)
         hot = hot_id_lists(self.features, self.top_percent, counts, frequent_ids, num_hot, "AdaptiveTable")
         self.hot_list: List[int] = [int(h.numel()) for h in hot]
-        starts = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
-        self.register_buffer("key_offsets", starts)
-        keys = torch.cat([h + starts[i] for i, h in enumerate(hot)]) if hot else torch.empty(0, dtype=torch.long)
+        starts = [0] + list(itertools.accumulate(sizes))[:-1]
+        self.register_buffer("key_offsets", torch.tensor(starts, dtype=torch.long))
+        keys = torch.cat([h + s for h, s in zip(hot, starts)])  # CPU; then the build's device
+        keys = keys.to(torch.get_default_device())
         self.register_buffer("hot_keys", keys)  # sorted: fields in order, ids sorted within
         self.hot_weight = nn.Parameter(torch.empty(len(keys), dim))
         self.shared_weight = nn.Parameter(torch.empty(sum(m), dim))
@@ -212,11 +217,6 @@ class AdaptiveTable(EmbeddingTable):
             pos, hit = self._hot_position(ids, fields)
             out = out + F.embedding(pos, self.hot_weight) * hit.unsqueeze(-1).to(out.dtype)
         return out
-
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        """``[B, F]`` -> ``[B, F, D]`` (explicit ``D``: ``B = 0`` gives ``[0, F, D]``)."""
-        b, f = ids.shape
-        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.embedding_dim)
 
     # ------------------------------------------------------------------ budgets
     @classmethod

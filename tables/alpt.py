@@ -147,10 +147,6 @@ class ALPTTable(LowPrecisionTable):
                 "scale_optimizer": self.scale_optimizer}
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "ALPTTable":
-        return cls(list(features), digit=8 * int(value), **kwargs)
-
-    @classmethod
     def knob_bytes(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> int:
         rows = sum(int(f.num_embeddings) for f in features)
         d = int(features[0].embedding_dim)

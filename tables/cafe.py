@@ -161,17 +161,7 @@ class CafeTable(EmbeddingTable):
         cold = F.embedding(self.cold_index(ids, fields), self.cold_weight)
         return torch.where(hot.unsqueeze(1), F.embedding(slot, self.hot_weight), cold)
 
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        """``[B, F]`` -> ``[B, F, D]`` (explicit ``D``: ``B = 0`` gives ``[0, F, D]``)."""
-        b, f = ids.shape
-        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.embedding_dim)
-
     # ------------------------------------------------------------------ budgets
-    @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "CafeTable":
-        """The table at knob ``num_buckets = value``."""
-        return cls(list(features), num_buckets=value, **kwargs)
-
     @classmethod
     def knob_range(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
         dim = common_dim(features, "CafeTable")

@@ -28,8 +28,9 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .feature import Feature
+from .inference_budget import InferenceBudget
 from .registry import register
 
 
@@ -56,7 +58,7 @@ class _FusedRows:
             raise ValueError(f"{type(self).__name__} needs one embedding_dim for all features, got "
                              f"{sorted(dims)}; build one table per dim")
         rows = [int(f.num_embeddings) for f in features]
-        self._row_offset_list = torch.tensor([0] + rows[:-1], dtype=torch.long).cumsum(0).tolist()
+        self._row_offset_list = [0] + list(itertools.accumulate(rows))[:-1]  # Python ints: meta builds too
         self.num_rows = sum(rows)
         return dims.pop()
 
@@ -67,7 +69,7 @@ class _FusedRows:
 
 
 @register("deeplight")
-class DeepLightTable(_FusedRows, EmbeddingTable):
+class DeepLightTable(InferenceBudget, _FusedRows, EmbeddingTable):
     """DeepLight (WSDM 2021): a dense table pruned by magnitude to ``kept`` values while training.
 
     Args:
@@ -156,10 +158,6 @@ class DeepLightTable(_FusedRows, EmbeddingTable):
     def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
         return F.embedding(self.rows_of(ids, fields), self.weight, sparse=self.sparse)
 
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        b, f = ids.shape
-        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.weight.shape[1])
-
     @torch.no_grad()
     def prune_to(self, rate: float) -> None:
         """Zero the ``round(rate * R * D)`` smallest-magnitude values (ties: lowest index first)."""
@@ -213,23 +211,10 @@ class DeepLightTable(_FusedRows, EmbeddingTable):
         return 0, sum(int(f.num_embeddings) * int(f.embedding_dim) for f in features)
 
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "DeepLightTable":
-        return cls(list(features), kept=int(value), **kwargs)
-
-    @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DeepLightTable":
-        """The most kept values whose CSR export fits ``budget_bytes`` (the training table is
-        dense, so the bound is on :meth:`inference_bytes`, hence ``check=False``)."""
-        from .budget import solve_knob
-
-        for k in cls.solved_knobs:
-            kwargs.pop(k, None)
-        feats = list(features)
-        rows, dim = sum(int(f.num_embeddings) for f in feats), int(feats[0].embedding_dim)
-        lo, hi = cls.knob_range(feats, int(budget_bytes), **kwargs)
-        return solve_knob(lambda v: cls.budget_build(feats, v, **kwargs), int(budget_bytes), lo, hi,
-                          method=cls.method, knob="kept", bytes_of=lambda v: csr_bytes(rows, dim, v),
-                          check=False)
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        """``kept -> csr_bytes``: budgets bound the CSR export (:meth:`inference_bytes`)."""
+        rows, dim = sum(int(f.num_embeddings) for f in features), int(features[0].embedding_dim)
+        return lambda v: csr_bytes(rows, dim, v)
 
 
 @register("deeplight-csr")
@@ -302,10 +287,6 @@ class DeepLightCSRTable(_FusedRows, EmbeddingTable):
 
     def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
         return self.dense_rows(self.rows_of(ids, fields))
-
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        b, f = ids.shape
-        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.dim)
 
 
 def export_deeplight(table: DeepLightTable) -> DeepLightCSRTable:

@@ -8,17 +8,18 @@ restricts rare ids to the first 64 of 256 entries. See ``docs/architecture.md §
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+import itertools
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
-from .budget import solve_knob
 from .feature import Feature
 from .adaptive import FreqSource, hot_id_lists
 from .gather import RowsSpec, common_dim
+from .inference_budget import InferenceBudget
 from .registry import register
 
 
@@ -125,17 +126,12 @@ class DPQCodesTable(EmbeddingTable):
     def embed(self, ids: Tensor, fields: Tensor) -> Tensor:
         return self.lookup_codes(self.codes[ids + self.row_offsets[fields]], fields)
 
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        """``[B, F]`` -> ``[B, F, D]`` (explicit ``D``: ``B = 0`` gives ``[0, F, D]``)."""
-        b, f = ids.shape
-        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.embedding_dim)
-
 
 register("dpq_codes")(DPQCodesTable)
 
 
 @register("dpq")
-class DPQTable(DPQCodesTable):
+class DPQTable(InferenceBudget, DPQCodesTable):
     """Differentiable Product Quantization (Chen, Li & Sun, ICML 2020).
 
     Each id owns a query embedding ``q [D]`` (training only). ``D`` is split into ``num_parts``
@@ -279,27 +275,15 @@ class DPQTable(DPQCodesTable):
 
     # ------------------------------------------------------------------ budgets
     @classmethod
-    def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "DPQTable":
-        """The table at knob ``num_parts = value``."""
-        return cls(list(features), num_parts=value, **kwargs)
-
-    @classmethod
     def knob_range(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
         return 1, common_dim(features, cls.__name__)
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "DPQTable":
-        """The most subspaces whose *inference* bytes fit (granularity ``sum_f N_f`` code bytes)."""
-        features = list(features)
-        kwargs.pop("num_parts", None)
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        """``num_parts -> inference_bytes`` (granularity ``sum_f N_f`` code bytes); budgets bound
+        the inference footprint (:class:`~slimembed.tables.inference_budget.InferenceBudget`)."""
         k = int(kwargs.get("num_choices", cls.DEFAULT_CHOICES))
-        lo, hi = cls.knob_range(features, budget_bytes, **kwargs)
-        t = solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, lo, hi,
-                       method=cls.method, knob="num_parts",
-                       bytes_of=lambda v: cls.inference_bytes_of(features, v, k), check=False)
-        if t.inference_bytes() > budget_bytes:  # guards the closed form (the training extras are apart)
-            raise AssertionError(f"{cls.method}: inference bytes {t.inference_bytes()} > budget {budget_bytes}")
-        return t
+        return lambda v: cls.inference_bytes_of(features, v, k)
 
 
 @register("mgqe")
@@ -329,7 +313,10 @@ class MGQETable(DPQTable):
 
     method: ClassVar[str] = "mgqe"
     budget_knob: ClassVar[Optional[str]] = "num_parts"
-    solved_knobs: ClassVar[Tuple[str, ...]] = ("num_parts",)
+    # num_hot only sizes placeholders for a state-dict load; a budget takes the hot ids from counts
+    solved_knobs: ClassVar[Tuple[str, ...]] = ("num_parts", "num_hot")
+    #: the experiment passes the training split's per-id counts as ``counts=`` (docs/architecture.md §5)
+    needs_counts: ClassVar[bool] = True
     search_space: ClassVar[Dict[str, Any]] = {"top_percent": [0.05, 0.1, 0.2]}
     DEFAULT_CHOICES: ClassVar[int] = 256
     needs_hot_ids: ClassVar[bool] = True
@@ -344,7 +331,8 @@ class MGQETable(DPQTable):
         self.low_choices, self.top_percent = int(low_choices), float(top_percent)
         hot = hot_id_lists(self.features, self.top_percent, counts, frequent_ids, num_hot, "MGQETable")
         self.hot_list: List[int] = [int(h.numel()) for h in hot]
-        keys = torch.cat([h.to(self.row_offsets.device) + self.row_offsets[i] for i, h in enumerate(hot)])
+        offs = [0] + list(itertools.accumulate(int(f.num_embeddings) for f in self.features))[:-1]
+        keys = torch.cat([h + o for h, o in zip(hot, offs)]).to(self.row_offsets.device)  # hot: CPU
         self.register_buffer("hot_keys", keys)  # sorted rows of the hot ids (training only)
         if self.query.device.type != "meta":
             self.assign_all_codes()

@@ -32,7 +32,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+import itertools
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE, EmbeddingTable, device_constant
 from .feature import Feature
+from .inference_budget import InferenceBudget
 from .registry import register
 
 DIGITS = (8, 16)
@@ -101,7 +103,7 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-class LowPrecisionTable(EmbeddingTable):
+class LowPrecisionTable(InferenceBudget, EmbeddingTable):
     """Base of the integer-storage tables: ``qweight`` codes + a training-only fp32 ``weight``.
 
     Subclasses define how codes are scaled (:meth:`row_scale`) and may add a post-step update.
@@ -129,7 +131,7 @@ class LowPrecisionTable(EmbeddingTable):
         self.init_scale = float(init_scale)
         rows = [int(f.num_embeddings) for f in self.features]
         # a cached per-device constant, not a buffer: the budget is the codes (+ scales) alone
-        self._row_offset_list = torch.tensor([0] + rows[:-1], dtype=torch.long).cumsum(0).tolist()
+        self._row_offset_list = [0] + list(itertools.accumulate(rows))[:-1]  # Python ints: meta builds too
         d = dims.pop()
         self.weight = nn.Parameter(torch.empty(sum(rows), d))
         self.register_buffer("qweight", torch.zeros(sum(rows), d, dtype=int_dtype(self.digit)))
@@ -164,11 +166,6 @@ class LowPrecisionTable(EmbeddingTable):
             work = F.embedding(idx, self.weight, sparse=self.sparse)
             return _StraightThrough.apply(work, deq)
         return deq
-
-    def forward_dense(self, ids: Tensor) -> Tensor:
-        """``LongTensor[B, F]`` -> ``[B, F, D]`` (``B = 0`` included: the dim is known)."""
-        b, f = ids.shape
-        return self.embed(ids.reshape(-1), self.field_index(b, ids.device)).view(b, f, self.qweight.shape[1])
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
@@ -214,11 +211,12 @@ class LowPrecisionTable(EmbeddingTable):
     # ------------------------------------------------------------------ budgets
     @classmethod
     def knob_range(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
-        """Knob ``bytes per value``: 1 (int8) or 2 (int16)."""
+        """Knob values are bytes per stored value: 1 (``digit`` 8) or 2 (``digit`` 16)."""
         return 1, 2
 
     @classmethod
     def budget_build(cls, features: Sequence[Feature], value: int, **kwargs: Any) -> "LowPrecisionTable":
+        """The table at ``digit = 8 * value``."""
         return cls(list(features), digit=8 * int(value), **kwargs)
 
     @classmethod
@@ -227,24 +225,9 @@ class LowPrecisionTable(EmbeddingTable):
         raise NotImplementedError
 
     @classmethod
-    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "LowPrecisionTable":
-        """The widest ``digit`` (16, else 8) whose :meth:`inference_bytes` fit ``budget_bytes``.
-
-        Budgets bound the inference bytes, not ``memory_report`` of the training table (that
-        also counts the fp32 working copy), hence ``check=False`` and the check below.
-        """
-        from .budget import solve_knob
-
-        for k in cls.solved_knobs:
-            kwargs.pop(k, None)
-        feats = list(features)
-        lo, hi = cls.knob_range(feats, int(budget_bytes), **kwargs)
-        table = solve_knob(lambda v: cls.budget_build(feats, v, **kwargs), int(budget_bytes), lo, hi,
-                           method=cls.method, knob="bytes_per_value",
-                           bytes_of=lambda v: cls.knob_bytes(feats, v, **kwargs), check=False)
-        if table.inference_bytes() > budget_bytes:  # guards a wrong knob_bytes
-            raise AssertionError(f"{cls.method}: {table.inference_bytes()} inference bytes > budget {budget_bytes}")
-        return table
+    def knob_bytes_fn(cls, features: List[Feature], **kwargs: Any) -> Callable[[int], int]:
+        """:meth:`knob_bytes` as ``value -> bytes`` (budgets bound :meth:`inference_bytes`)."""
+        return lambda v: cls.knob_bytes(features, v, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, digit={self.digit}"
