@@ -24,6 +24,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
@@ -172,7 +174,7 @@ def row_range(features, budget_bytes: int, min_rows: int, collisionless_max: int
     return floor, max(floor, min(sum(sizes), int(budget_bytes) // (4 * dim)))
 
 
-def allocate_rows(total: int, sizes, minimum=1, exact: bool = True):
+def allocate_rows(total: int, sizes, minimum=1, exact: bool = True, weights=None):
     """Split ``total`` rows over fields proportionally to their sizes, capped at each size.
 
     ``minimum`` is one floor for every field or a list of per-field floors (:func:`row_floors`).
@@ -184,8 +186,19 @@ def allocate_rows(total: int, sizes, minimum=1, exact: bool = True):
     handed out by largest remainder so the result sums to ``min(total, sum(sizes))``; with
     ``exact=False`` each field's count is monotone in ``total`` (what per-field solvers need).
 
+    ``weights`` (one per field, > 0) replace ``N_f`` in the shares: ``lam * w_f``, still capped at
+    ``N_f`` and floored, e.g. ``sqrt(N_f)`` (see :func:`allocation_weights`). Then fields whose share
+    reaches ``N_f`` stay whole and their leftover goes to the others; ``lam`` is found by bisection.
+
     Returns a list of ints. Raises ``ValueError`` when ``total`` cannot cover the floors.
+
+    >>> allocate_rows(30, [300, 20, 10])                       # proportional: 30 x N_f / 330
+    [27, 2, 1]
+    >>> allocate_rows(30, [300, 20, 10], weights=[300**.5, 20**.5, 10**.5])   # sqrt: small fields win
+    [21, 5, 4]
     """
+    if weights is not None:
+        return _allocate_weighted(int(total), [int(s) for s in sizes], minimum, exact, [float(w) for w in weights])
     sizes = [int(s) for s in sizes]
     total = int(total)
     n = len(sizes)
@@ -222,6 +235,69 @@ def allocate_rows(total: int, sizes, minimum=1, exact: bool = True):
         left = total - sum(alloc)
         order = sorted((i for i in range(n) if not pinned[i] and alloc[i] < sizes[i]),
                        key=lambda i: (-rema[i], i))
+        for i in order[:left]:
+            alloc[i] += 1
+    return alloc
+
+
+#: Rules that split a hashed table's rows over its fields (``allocation=`` of hash / double_hash).
+ALLOCATIONS = ("proportional", "sqrt", "frequency")
+
+
+def allocation_weights(rule: str, sizes, frequency=None) -> Optional[list]:
+    """Per-field weights of an allocation ``rule`` (``None`` = proportional to ``N_f``).
+
+    ``sqrt``: ``sqrt(N_f)``, so a 300-value field is not folded into one row while a 10M-value
+    field keeps thousands. ``frequency``: the given per-field weights (e.g. each field's effective
+    number of values in the training split, :func:`slimembed.datasets.counts.frequency_weights`).
+
+    >>> allocation_weights("sqrt", [100, 4])
+    [10.0, 2.0]
+    """
+    if rule not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {rule!r}")
+    if rule == "proportional":
+        return None
+    if rule == "sqrt":
+        return [math.sqrt(int(n)) for n in sizes]
+    if frequency is None:
+        raise ValueError("allocation 'frequency' needs field_weights (per-field training-traffic weights); "
+                         "slimembed train computes them from the training split")
+    w = [float(x) for x in frequency]
+    if len(w) != len(sizes) or not all(x > 0 and math.isfinite(x) for x in w):
+        raise ValueError(f"field_weights must be {len(sizes)} positive numbers, got {w}")
+    return w
+
+
+def _allocate_weighted(total: int, sizes: list, minimum, exact: bool, weights: list) -> list:
+    """:func:`allocate_rows` with shares ``lam * w_f`` clamped to ``[floor_f, N_f]``."""
+    n = len(sizes)
+    if len(weights) != n or not all(w > 0 and math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be {n} positive numbers, got {weights}")
+    mins = [int(minimum)] * n if isinstance(minimum, (int, float)) else [int(m) for m in minimum]
+    floors = [min(s, m) for s, m in zip(sizes, mins)]
+    if total < sum(floors):
+        raise ValueError(f"{total} rows cannot give each of {n} fields its minimum ({sum(floors)} in all)")
+    if total >= sum(sizes):
+        return list(sizes)
+
+    def rows(lam: float) -> list:
+        return [min(s, max(f, int(lam * w))) for s, f, w in zip(sizes, floors, weights)]
+
+    lo, hi = 0.0, max(s / w for s, w in zip(sizes, weights)) + 1.0  # rows(hi) = sizes
+    for _ in range(200):  # the largest lam whose rows fit: every field's count is monotone in total
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if sum(rows(mid)) <= total:
+            lo = mid
+        else:
+            hi = mid
+    alloc = rows(lo)
+    if exact:  # the few rows int() left over go to the fields with the largest remainders
+        left = total - sum(alloc)
+        order = sorted((i for i in range(n) if alloc[i] < sizes[i] and lo * weights[i] >= floors[i]),
+                       key=lambda i: (-(lo * weights[i] - int(lo * weights[i])), i))
         for i in order[:left]:
             alloc[i] += 1
     return alloc

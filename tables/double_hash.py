@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE
-from .budget import allocate_rows, row_floors, row_range
+from .budget import allocate_rows, allocation_weights, row_floors, row_range
 from .feature import Feature
 from .gather import GatherTable, RowsSpec, common_dim, per_feature
 from .hashing import HashFamily
@@ -44,7 +44,7 @@ class DoubleHashTable(GatherTable):
     Args:
         features: the features (one ``embedding_dim``; even for concat). Ids: any non-negative int64.
         rows: per-feature total rows ``r_f`` (int capped at ``N_f``, list, or dict).
-        total_rows: alternatively a total split proportionally to ``N_f`` (capped; at least
+        total_rows: alternatively a total split over fields by ``allocation`` (capped; at least
             ``min_rows`` each). Neither: ``r_f = min(N_f, 2**20)``.
         combine: ``"sum"`` (default) or ``"concat"``.
         shared: both hashes index one table per feature.
@@ -52,7 +52,14 @@ class DoubleHashTable(GatherTable):
             for collision-free features).
         min_rows: floor of a feature's rows under ``total_rows`` (default 2: one row per table).
         collisionless_max: under ``total_rows``, features of at most this many values keep all
-            their rows (default 200, DLRM's QR threshold; 0 splits every feature proportionally).
+            their rows as a hard floor (default 0: none; DLRM's QR threshold is 200).
+        allocation: how ``total_rows`` is split over fields (a budget solves ``total_rows``):
+            ``"sqrt"`` (default: rows ∝ ``sqrt(N_f)``, capped at ``N_f``), ``"proportional"``
+            (rows ∝ ``N_f``) or ``"frequency"`` (rows ∝ ``field_weights``). A field whose share
+            reaches ``N_f`` stays whole (collision-free). The default is the rule measured best in
+            ``docs/results/allocation.md``.
+        field_weights: per-feature weights for ``allocation="frequency"`` (``slimembed train``
+            computes each field's effective number of values in the training split).
         seed, sparse, init_scale: as in :class:`slimembed.tables.HashTable`.
 
     Memory: ``(sum_f r_f + sum_f K_f) * D`` fp32 + id map ``8 * (U + K)`` + hash coefficients
@@ -88,7 +95,9 @@ class DoubleHashTable(GatherTable):
         shared: bool = False,
         frequent_ids: IdsSpec = None,
         min_rows: int = 2,
-        collisionless_max: int = 200,
+        collisionless_max: int = 0,
+        allocation: str = "sqrt",
+        field_weights: Optional[Sequence[float]] = None,
         seed: int = 0,
         sparse: bool = False,
         init_scale: float = DEFAULT_INIT_SCALE,
@@ -104,7 +113,10 @@ class DoubleHashTable(GatherTable):
             raise ValueError("give rows or total_rows, not both")
         if total_rows is not None:
             floors = row_floors(sizes, min_rows, collisionless_max)
-            r = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True)
+            if isinstance(field_weights, Mapping):
+                field_weights = [field_weights[f.name] for f in self.features]
+            weights = allocation_weights(allocation, sizes, field_weights)
+            r = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True, weights=weights)
         elif rows is not None:
             r = [min(a, n) for a, n in zip(per_feature(rows, self.features, "rows"), sizes)]
         else:
@@ -268,7 +280,7 @@ class DoubleHashTable(GatherTable):
         """``total_rows`` from the row floors to what the budget holds (:func:`row_range`)."""
         common_dim(features, cls.__name__)
         return row_range(features, budget_bytes, kwargs.get("min_rows", 2),
-                         kwargs.get("collisionless_max", 200))
+                         kwargs.get("collisionless_max", 0))
 
 
 class DoubleHashEmbeddingBag(EmbeddingBag):

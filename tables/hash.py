@@ -7,14 +7,14 @@ times an optional ±1 sign hash. Vocabulary-free: any non-negative int64 id work
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Mapping, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE
-from .budget import allocate_rows, row_floors, row_range
+from .budget import allocate_rows, allocation_weights, row_floors, row_range
 from .feature import Feature
 from .gather import GatherTable, RowsSpec, common_dim, per_feature
 from .hashing import HashFamily
@@ -35,12 +35,19 @@ class HashTable(GatherTable):
         features: the features (one common ``embedding_dim``). ``num_embeddings`` may be the id
             space (e.g. ``2**63``): the table is vocabulary-free.
         rows: rows per feature ``M_f``: an int (capped at each ``N_f``), a list, or ``{name: M_f}``.
-        total_rows: alternatively a total, split proportionally to ``N_f`` (capped at ``N_f``,
+        total_rows: alternatively a total, split over fields by ``allocation`` (capped at ``N_f``,
             at least ``min_rows`` each; see :func:`slimembed.tables.budget.allocate_rows`).
             Neither: ``M_f = min(N_f, 2**20)``.
         min_rows: floor of a feature's rows under ``total_rows`` (default 1).
         collisionless_max: under ``total_rows``, features of at most this many values keep all
-            their rows (default 200, DLRM's QR threshold; 0 splits every feature proportionally).
+            their rows as a hard floor (default 0: none; DLRM's QR threshold is 200).
+        allocation: how ``total_rows`` is split over fields (a budget solves ``total_rows``):
+            ``"sqrt"`` (default: rows ∝ ``sqrt(N_f)``, capped at ``N_f``), ``"proportional"``
+            (rows ∝ ``N_f``) or ``"frequency"`` (rows ∝ ``field_weights``). A field whose share
+            reaches ``N_f`` stays whole (collision-free). The default is the rule measured best in
+            ``docs/results/allocation.md``.
+        field_weights: per-feature weights for ``allocation="frequency"`` (``slimembed train``
+            computes each field's effective number of values in the training split).
         signed: multiply each row by a ±1 sign hash.
         seed: the hash family's seed.
         sparse: sparse row gradients.
@@ -76,7 +83,9 @@ class HashTable(GatherTable):
         rows: RowsSpec = None,
         total_rows: Optional[int] = None,
         min_rows: int = 1,
-        collisionless_max: int = 200,
+        collisionless_max: int = 0,
+        allocation: str = "sqrt",
+        field_weights: Optional[Sequence[float]] = None,
         signed: bool = False,
         seed: int = 0,
         sparse: bool = False,
@@ -89,7 +98,10 @@ class HashTable(GatherTable):
             raise ValueError("give rows or total_rows, not both")
         if total_rows is not None:
             floors = row_floors(sizes, min_rows, collisionless_max)
-            m = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True)
+            if isinstance(field_weights, Mapping):
+                field_weights = [field_weights[f.name] for f in self.features]
+            weights = allocation_weights(allocation, sizes, field_weights)
+            m = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True, weights=weights)
         elif rows is not None:
             m = [min(r, n) for r, n in zip(per_feature(rows, self.features, "rows"), sizes)]
         else:
@@ -142,7 +154,7 @@ class HashTable(GatherTable):
         """``total_rows`` from the row floors to what the budget holds (:func:`row_range`)."""
         common_dim(features, cls.__name__)
         return row_range(features, budget_bytes, kwargs.get("min_rows", cls.DEFAULT_MIN_ROWS),
-                         kwargs.get("collisionless_max", 200))
+                         kwargs.get("collisionless_max", 0))
 
 
 class HashEmbeddingBag(EmbeddingBag):

@@ -145,7 +145,30 @@ def test_small_fields_stay_collision_free_under_a_budget():
 
     feats = [Feature("tiny", 3, 8), Feature("small", 150, 8), Feature("big", 100_000, 8)]
     for method in ("hash", "double_hash"):
-        t = make_table(method, feats, compression=50)
+        # DLRM's hard floor, on request: fields of <= 200 values keep every row
+        t = make_table(method, feats, compression=50, collisionless_max=200, allocation="proportional")
         assert t.rows_list[0] == 3 and t.rows_list[1] == 150, (method, t.rows_list)
-        t0 = make_table(method, feats, compression=50, collisionless_max=0)
+        t0 = make_table(method, feats, compression=50, collisionless_max=0, allocation="proportional")
         assert t0.rows_list[0] < 3  # proportional split folds the tiny field
+        # the default sqrt rule keeps the tiny field whole without a floor and gives the small one
+        # far more rows than its proportional share
+        ts = make_table(method, feats, compression=50)
+        assert ts.rows_list[0] == 3 and ts.rows_list[1] > 10 * t0.rows_list[1], (method, ts.rows_list)
+
+
+def test_sqrt_rule_gives_mid_size_criteo_fields_rows_at_250x():
+    """Issue 13: at 250x on Criteo's cardinalities no field of more than 200 values reads fewer
+    than 8 distinct rows under hash's default rule (all 307 ids of the 305-value field embedded)."""
+    import torch
+
+    from slimembed.tables import Feature, make_table
+
+    sizes = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
+             14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+    feats = [Feature(f"C{i + 1}", n, 16) for i, n in enumerate(sizes)]
+    with torch.device("meta"):
+        t = make_table("hash", feats, compression=250)
+    assert min(r for r, n in zip(t.rows_list, sizes) if n > 200) >= 8, t.rows_list
+    small = make_table("hash", [Feature("C5", 305, 16)], rows=t.rows_list[4])
+    rows = small.gather_index(torch.arange(305), torch.zeros(305, dtype=torch.long))[0].unique()
+    assert rows.numel() >= 8
