@@ -349,6 +349,10 @@ class Trainer:
             else _as_optimizer_set(optimizers)
         )
         self.regularizer = regularizer
+        # tables that update themselves after each optimizer step (low-precision tables re-quantize,
+        # DeepLight prunes): found once, called in train_step
+        self.post_step_modules: List[nn.Module] = [
+            m for m in self.model.modules() if callable(getattr(m, "post_step", None))]
         self.state = TrainState()
         self.best_state: Optional[Dict[str, Tensor]] = None
         self._loss_acc = self._new_loss_acc()
@@ -383,6 +387,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        for m in self.post_step_modules:  # after the step, before the next zero_grad (ALPT reads .grad)
+            m.post_step()
         return loss.detach()
 
     def evaluate(self, loader: Optional[Iterable[Any]] = None, max_batches: Optional[int] = None) -> Dict[str, float]:

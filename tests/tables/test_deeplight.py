@@ -133,3 +133,23 @@ def test_bad_arguments_name_the_value():
         make_table("deeplight", FEATS, stop_deviation=0.0)
     with pytest.raises(ValueError, match="deeplight-csr"):
         make_table("deeplight-csr", FEATS, compression=4)
+
+
+def test_trainer_calls_post_step_so_the_schedule_advances_and_prunes():
+    from slimembed.ctr.models import make_model
+    from slimembed.ctr.trainer import TrainConfig, Trainer
+    from slimembed.datasets import Batch
+
+    torch.manual_seed(0)
+    model = make_model("deepfm", FEATS, 2, hidden_units=[8],
+                       table_factory=lambda fs: make_table("deeplight", fs, density=0.5, prune_every=2, end_step=2))
+    tables = [m for m in model.modules() if isinstance(m, slimembed.tables.deeplight.DeepLightTable)]
+    assert len(tables) == 2  # the field table and the first-order table
+    g = torch.Generator().manual_seed(1)
+    batches = [Batch(torch.randn(32, 2, generator=g), ids(32, seed=i), (torch.rand(32, generator=g) < 0.5).float())
+               for i in range(2)]
+    Trainer(model, batches, batches, TrainConfig(epochs=1, lr=0.05, progress=False)).fit()
+    for t in tables:
+        assert int(t.prune_step) == 2
+        zeros = int((t.weight == 0).sum())  # pruned at step 2 to the scheduled rate
+        assert zeros == round(t.rate_at(2) * t.weight.numel()) > 0

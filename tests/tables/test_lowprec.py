@@ -212,3 +212,59 @@ def test_bad_arguments_name_the_value():
         make_table("alpt", FEATS, scale_optimizer="lamb")
     with pytest.raises(ValueError, match="'b' got id 12"):
         make_table("int8", FEATS)(torch.tensor([[0, 12, 0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# through the trainer: it calls post_step after every optimizer step
+# ---------------------------------------------------------------------------------------------
+def tiny_deepfm(method, **kw):
+    from slimembed.ctr.models import make_model
+
+    torch.manual_seed(0)
+    return make_model("deepfm", FEATS, 2, hidden_units=[8],
+                      table_factory=lambda fs: make_table(method, fs, **kw))
+
+
+def tiny_batches(n_batches=2, b=32):
+    from slimembed.datasets import Batch
+
+    g = torch.Generator().manual_seed(1)
+    return [Batch(torch.randn(b, 2, generator=g), ids(b, seed=i), (torch.rand(b, generator=g) < 0.5).float())
+            for i in range(n_batches)]
+
+
+@pytest.mark.parametrize("method,kw", [("int8", {}), ("alpt", {"digit": 8})])
+def test_trainer_calls_post_step_so_codes_move_and_working_copy_matches(method, kw):
+    from slimembed.ctr.trainer import TrainConfig, Trainer
+
+    model = tiny_deepfm(method, **kw)
+    tables = [m for m in model.modules() if isinstance(m, (ALPTTable, slimembed.tables.int8.LowPrecisionTable))]
+    before = [t.qweight.clone() for t in tables]
+    batches = tiny_batches()
+    trainer = Trainer(model, batches, batches, TrainConfig(epochs=1, lr=0.05, progress=False))
+    assert set(map(id, trainer.post_step_modules)) == set(map(id, tables))
+    trainer.fit()
+    for t, q in zip(tables, before):
+        assert not torch.equal(t.qweight, q)  # the optimizer's updates reached the integer codes
+        assert torch.equal(t.weight.detach(), t.dequantized_weight())  # no fp value survives a step
+
+
+def test_alpt_step_sizes_learn_at_scale_lr_beside_the_main_optimizer():
+    """The step sizes are buffers updated by the table's own lazy Adam at ``scale_lr`` inside
+    post_step (their gradient needs the post-update rows): the main optimizer never holds them,
+    and one trainer step moves them by at most ``scale_lr`` each (Adam's first step), in
+    proportion to ``scale_lr``."""
+    from slimembed.ctr.trainer import TrainConfig, Trainer
+
+    def one_step(scale_lr):
+        model = tiny_deepfm("alpt", digit=8, scale_lr=scale_lr)
+        t = next(m for m in model.modules() if isinstance(m, ALPTTable) and m.weight.shape[1] == 8)
+        before = t.scale.clone()
+        trainer = Trainer(model, tiny_batches(1), None, TrainConfig(epochs=1, lr=0.05, progress=False))
+        assert all(p is not t.scale for g in trainer.optimizer.param_groups for p in g["params"])
+        trainer.train_step(tiny_batches(1)[0])
+        return (t.scale - before).abs()
+
+    small, large = one_step(2e-5), one_step(2e-4)
+    assert float(small.max()) > 0 and bool((small <= 2e-5 * 1.001).all())
+    assert float(large.sum()) == pytest.approx(10 * float(small.sum()), rel=1e-2)
