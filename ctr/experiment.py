@@ -9,8 +9,9 @@ This is the single way the CLI, the demo, benchmarks and sweeps build and run a 
     output: runs/demo/result.json
     distributed: {sharding: none}    # optional; used under torchrun (docs/distributed.md)
 
-``table.compression`` (or ``table.budget_bytes``, converted to the same ratio over the field
-table) applies to every table of the model: the field table and the 1-dim first-order table.
+``table.compression`` (or ``table.budget_bytes``) is one budget for all the model's tables together
+(the field table and the 1-dim first-order table...), split by :class:`slimembed.tables.plan.TablePlan`;
+the record's ``table_plan`` gives the split.
 """
 
 from __future__ import annotations
@@ -38,38 +39,63 @@ def validate_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return validate_experiment(cfg)
 
 
-def table_factory_from(cfg: Mapping[str, Any], field_features: Sequence[Feature], embedding_optimizer: str):
-    """``features -> table`` for this experiment; budgets become one compression ratio.
+def _with_sparse(method: str, kwargs: Dict[str, Any], embedding_optimizer: str) -> Dict[str, Any]:
+    """``kwargs`` plus ``sparse`` as the embedding optimizer wants it, where the method takes it."""
+    import inspect
 
-    ``table.first_order`` (optional, a method name or a table config without ``features``) builds the models'
-    1-dim first-order tables with another method, e.g. ``{method: hash}`` beside ``mde``, whose
-    dims cannot go below 1; it inherits the compression unless it sets its own.
+    from slimembed.ctr.optim import table_kwargs_for
+    from slimembed.tables import get_table_class
+
+    params = inspect.signature(get_table_class(method).__init__).parameters
+    if "sparse" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return {"sparse": table_kwargs_for(embedding_optimizer)["sparse"], **kwargs}
+    return dict(kwargs)
+
+
+def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
+                    data_path: Optional[Union[str, Path]] = None):
+    """The experiment's :class:`~slimembed.tables.plan.TablePlan`: ``table.compression`` (or
+    ``table.budget_bytes``) is the budget of *all* the model's tables together (docs/architecture.md §2).
+
+    ``table.first_order`` (optional, a method name or a table config without ``features``) builds the
+    models' 1-dim first-order tables with another method, e.g. ``{method: hash}`` beside ``mde``,
+    whose dims cannot go below 1; they share the one model budget. ``allocation: frequency`` (hash,
+    double_hash) reads each field's effective number of values from the training split of
+    ``data_path``.
     """
-    from slimembed.ctr.optim import table_factory_for
+    from slimembed.tables.plan import TablePlan
 
     tcfg = dict(cfg)
     method = tcfg.pop("method")
     first = tcfg.pop("first_order", None)
     budget = tcfg.pop("budget_bytes", None)
-    if budget is not None:
-        if "compression" in tcfg:
-            raise ValueError("table: give budget_bytes or compression, not both")
-        full = sum(f.num_embeddings * f.embedding_dim * 4 for f in field_features)
-        tcfg["compression"] = full / float(budget)
-    main = table_factory_for(embedding_optimizer, method, **tcfg)
-    if first is None:
-        return main
-    first = {"method": first} if isinstance(first, str) else dict(first)
-    first_method = first.pop("method")
-    if first_method != "full" and "compression" not in first and "budget_bytes" not in first:
-        first["compression"] = tcfg.get("compression")
-    first = {k: v for k, v in first.items() if v is not None}
-    first_order = table_factory_for(embedding_optimizer, first_method, **first)
+    compression = tcfg.pop("compression", None)
+    if budget is not None and compression is not None:
+        raise ValueError("table: give budget_bytes or compression, not both")
+    if first is not None:
+        first = {"method": first} if isinstance(first, str) else dict(first)
+        first.pop("compression", None), first.pop("budget_bytes", None)  # one model budget
+        first = _with_sparse(first["method"], first, embedding_optimizer)
+    for kw in (tcfg, first or {}):
+        if kw.get("allocation") == "frequency" and kw.get("field_weights") is None:
+            if data_path is None:
+                raise ValueError("table.allocation: frequency needs the training data's counts")
+            from slimembed.datasets.counts import frequency_weights, train_counts
 
-    def factory(features: Sequence[Feature]):
-        return first_order(features) if all(f.embedding_dim == 1 for f in features) else main(features)
+            kw["field_weights"] = frequency_weights(train_counts(data_path))
+    return TablePlan(method, budget_bytes=budget, compression=compression, first_order=first,
+                     **_with_sparse(method, tcfg, embedding_optimizer))
 
-    return factory
+
+def planned_model(name: str, features: Sequence[Feature], num_dense: int, plan: Any, **model_cfg: Any):
+    """Build model ``name`` with its tables from ``plan``: a probe build on the meta device tells
+    the plan which tables the model asks for (field, first-order...), the plan splits the budget,
+    then the real model is built. Returns the model."""
+    from slimembed.ctr.models import make_model
+    from slimembed.tables.plan import probe_requests
+
+    plan.solve(probe_requests(lambda fac: make_model(name, features, num_dense, table_factory=fac, **model_cfg)))
+    return make_model(name, features, num_dense, table_factory=plan, **model_cfg)
 
 
 def build_experiment(cfg: Mapping[str, Any]):
@@ -95,8 +121,9 @@ def build_experiment(cfg: Mapping[str, Any]):
     dim = int(mcfg.pop("embedding_dim", 16))
     features = schema.features(dim, fold=data.get("fold"), fold_min_rows=data.get("fold_min_rows", 0))
     seed_everything(tcfg.seed)  # model init is part of "same seed, same result"
-    factory = table_factory_from(cfg["table"], features, tcfg.embedding_optimizer)
-    model = make_model(name, features, schema.num_dense, table_factory=factory, **mcfg)
+    plan = table_plan_from(cfg["table"], tcfg.embedding_optimizer, data["path"])
+    model = planned_model(name, features, schema.num_dense, plan, **mcfg)
+    model.table_plan = plan.summary()  # a plain dict on the model: the record and `train` print it
     common = dict(fold=data.get("fold"), fold_min_rows=data.get("fold_min_rows", 0))
     batch_size, eval_batch_size, train_kw = data["batch_size"], data["eval_batch_size"], {}
     if dist.is_initialized():
@@ -128,7 +155,8 @@ def run_experiment(cfg: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = 
         cfg.get("distributed"), device=TrainConfig.from_dict(cfg["train"]).device)
     try:
         model, train, val, test, features, schema = build_experiment(cfg)
-        info = {"experiment": dict(cfg), "schema_meta": schema.meta, **(extra or {})}
+        info = {"experiment": dict(cfg), "schema_meta": schema.meta,
+                "table_plan": getattr(model, "table_plan", None), **(extra or {})}
         if dist.is_initialized():
             tcfg = TrainConfig.from_dict(cfg["train"])
             model = dist.wrap_model(model, cfg.get("distributed"), train_config=tcfg,
@@ -154,6 +182,12 @@ def result_summary(record: Mapping[str, Any]) -> List[str]:
         f"train {record['train_samples']} samples in {record['train_time_s']:.1f} s = "
         f"{record['samples_per_s']:.0f} samples/s",
     ]
+    plan = record.get("extra", {}).get("table_plan") or {}
+    if plan.get("budget_bytes") is not None:
+        size = lambda b: f"{b / 2**20:.3f} MiB" if b >= 2**20 else f"{b / 2**10:.1f} KiB"  # noqa: E731
+        parts = [f"{t['role']} {t['method']} {size(t['bytes'])} of its share {size(t['share_bytes'])}"
+                 for t in plan["tables"] if t.get("bytes") is not None and t.get("share_bytes") is not None]
+        lines.insert(2, f"budget plan: {size(plan['budget_bytes'])} for all the model's tables; " + ", ".join(parts))
     meta = record.get("extra", {}).get("schema_meta") or {}
     teacher = (meta.get("generator") or {}).get("teacher_auc")
     if teacher is not None:

@@ -168,8 +168,8 @@ class TablePlan:
             methods = sorted({m for m, _ in specs})
             total_full = sum(fulls)
             raise ValueError(
-                f"method {'/'.join(methods)!r} needs at least {need} bytes for this model's tables "
-                f"(budget {budget}); the smallest ratio it can reach is {total_full / need:.1f}x"
+                f"method {'/'.join(methods)!r} needs at least {need} bytes for this model's tables; "
+                f"budget is {budget}; the smallest ratio it can reach is {total_full / need:.1f}x"
             )
         self.shares = [fixed.get(i, shares.get(i)) for i in range(len(fulls))]
 
