@@ -347,63 +347,113 @@ def write_results(outdir: Path, cells: Sequence[Mapping[str, Any]], cfg: Mapping
         path = outdir / "cells" / f"{cell['id']}.json"
         rec = json.loads(path.read_text()) if path.exists() else {"benchmark": {**cell, "status": "pending"}}
         rows[k]["cells"].append(rec)
+    from .stats import INTERVAL_METHOD, paired_by_seed
+
+    def device_of(c: Mapping[str, Any]) -> str:
+        return str((c.get("config") or {}).get("device", "cpu"))
+
+    def seed_aucs(cs: Sequence[Mapping[str, Any]]) -> Dict[int, float]:
+        out = {}
+        for c in cs:
+            auc = ((c.get("metrics") or {}).get("test") or {}).get("auc")
+            if auc is not None:
+                out[int(c["benchmark"]["seed"])] = float(auc)
+        return out
+
+    # one device per table: a (method, budget) row per device its cells ran on
+    devices = sorted({device_of(c) for k in order for c in rows[k]["cells"]
+                      if (c.get("benchmark") or {}).get("status") == "ok"}) or ["cpu"]
+    ok_by = {(k, d): [c for c in rows[k]["cells"] if (c.get("benchmark") or {}).get("status") == "ok"
+                      and device_of(c) == d] for k in order for d in devices}
+    refs = {d: seed_aucs(next((ok_by[(k, d)] for k in order if k[0] == "full"), [])) for d in devices}
+    hashes = {(b, d): seed_aucs(ok_by.get((("hash", b), d), [])) for (_, b) in order for d in devices}
     table: List[Dict[str, Any]] = []
     points: List[Any] = []
-    for k in order:
-        r = rows[k]
-        statuses = [(c.get("benchmark") or {}).get("status", "pending") for c in r["cells"]]
-        ok = [c for c, s in zip(r["cells"], statuses) if s == "ok"]
-        pts = [point_from_record(c, c["benchmark"]["id"]) for c in ok]
-        auc_m, auc_s = _mean_std([p.test_auc for p in pts])
-        vauc_m, _ = _mean_std([p.val_auc for p in pts])
-        ll_m, _ = _mean_std([p.test_logloss for p in pts])
-        tb = [p.table_bytes for p in pts if p.table_bytes is not None]
-        times = [c.get("train_time_s") for c in ok]
-        sps = [c.get("samples_per_s") for c in ok]
-        status = statuses[0] if len(set(statuses)) == 1 else "/".join(sorted(set(statuses)))
-        msg = next(((c.get("benchmark") or {}).get("message") for c in r["cells"]
-                    if (c.get("benchmark") or {}).get("message")), "")
-        row = {
-            "method": r["method"], "budget": r["budget"], "status": status, "seeds_done": len(ok),
-            "table_bytes": int(statistics.fmean(tb)) if tb else None,
-            "ratio": (pts[0].full_bytes / statistics.fmean(tb)) if tb and pts[0].full_bytes else None,
-            "test_auc": auc_m, "test_auc_std": auc_s, "val_auc": vauc_m, "test_logloss": ll_m,
-            "train_time_s": _mean_std(times)[0], "samples_per_s": _mean_std(sps)[0], "message": msg,
-            "device": "+".join(sorted({str((c.get("config") or {}).get("device", "cpu")) for c in ok})) or "-",
-        }
-        table.append(row)
-        if ok:
-            points.append(Point(key=f"{r['method']}@{r['budget']:g}x", method=r["method"], table=dict(pts[0].table),
-                                status="reference" if r["method"] == "full" else "ok",
-                                table_bytes=row["table_bytes"], full_bytes=pts[0].full_bytes,
-                                val_auc=vauc_m, test_auc=auc_m, test_logloss=ll_m, budget=r["budget"]))
+    for d in devices:
+        for k in order:
+            r = rows[k]
+            statuses = [(c.get("benchmark") or {}).get("status", "pending") for c in r["cells"]
+                        if (c.get("benchmark") or {}).get("status") != "ok" or device_of(c) == d]
+            ok = ok_by[(k, d)]
+            if not ok and len(devices) > 1 and d != devices[0]:
+                continue  # untrained cells are listed once, under the first device
+            pts = [point_from_record(c, c["benchmark"]["id"]) for c in ok]
+            auc_m, auc_s = _mean_std([p.test_auc for p in pts])
+            vauc_m, _ = _mean_std([p.val_auc for p in pts])
+            ll_m, _ = _mean_std([p.test_logloss for p in pts])
+            tb = [p.table_bytes for p in pts if p.table_bytes is not None]
+            times = [c.get("train_time_s") for c in ok]
+            sps = [c.get("samples_per_s") for c in ok]
+            status = statuses[0] if len(set(statuses)) == 1 else "/".join(sorted(set(statuses)))
+            msg = next(((c.get("benchmark") or {}).get("message") for c in r["cells"]
+                        if (c.get("benchmark") or {}).get("message")), "")
+            mine = seed_aucs(ok)
+            vs_full = paired_by_seed(mine, refs[d]) if r["method"] != "full" else None
+            vs_hash = (paired_by_seed(mine, hashes.get((k[1], d), {}))
+                       if r["method"] not in ("full", "hash") else None)
+            row = {
+                "method": r["method"], "budget": r["budget"], "status": status, "seeds_done": len(ok),
+                "table_bytes": int(statistics.fmean(tb)) if tb else None,
+                "ratio": (pts[0].full_bytes / statistics.fmean(tb)) if tb and pts[0].full_bytes else None,
+                "test_auc": auc_m, "test_auc_std": auc_s, "val_auc": vauc_m, "test_logloss": ll_m,
+                "train_time_s": _mean_std(times)[0], "samples_per_s": _mean_std(sps)[0], "message": msg,
+                "device": d if ok else "-",
+                "diff_vs_full": None if vs_full is None or vs_full.mean is None else vs_full.to_dict(),
+                "diff_vs_hash": None if vs_hash is None or vs_hash.mean is None else vs_hash.to_dict(),
+                "_vs_full": vs_full, "_vs_hash": vs_hash,
+            }
+            table.append(row)
+            if ok:
+                points.append(Point(key=f"{r['method']}@{r['budget']:g}x" + (f"/{d}" if len(devices) > 1 else ""),
+                                    method=r["method"], table=dict(pts[0].table),
+                                    status="reference" if r["method"] == "full" else "ok",
+                                    table_bytes=row["table_bytes"], full_bytes=pts[0].full_bytes,
+                                    val_auc=vauc_m, test_auc=auc_m, test_logloss=ll_m, budget=r["budget"]))
     files = {"csv": outdir / "results.csv", "md": outdir / "results.md", "png": outdir / "benchmark.png",
              "json": outdir / "results.json"}
     fields = ["method", "budget", "status", "seeds_done", "table_bytes", "ratio", "test_auc", "test_auc_std",
-              "val_auc", "test_logloss", "train_time_s", "samples_per_s", "device", "message"]
+              "diff_vs_full", "diff_vs_full_low", "diff_vs_full_high", "diff_vs_hash", "diff_vs_hash_low",
+              "diff_vs_hash_high", "val_auc", "test_logloss", "train_time_s", "samples_per_s", "device", "message"]
     with open(files["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in table:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            flat = {k: v for k, v in row.items() if k in fields and not k.startswith("diff_")}
+            for name in ("full", "hash"):
+                dd = row[f"diff_vs_{name}"] or {}
+                flat.update({f"diff_vs_{name}": dd.get("mean"), f"diff_vs_{name}_low": dd.get("low"),
+                             f"diff_vs_{name}_high": dd.get("high")})
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in flat.items()})
     f4 = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     e = cfg["experiment"]
     gen = cfg.get("generate")
     md = ["# Benchmark: every method x budget x seed", "",
           f"Generated by `slimembed benchmark` into `{outdir}`. Model `{e['model']}`, train `{e['train']}`, "
           f"data `{e['data']['path']}`" + (f" (synthetic: {gen})" if gen else "") + f"; seeds {cfg['seeds']}.",
-          "Budget = compression target vs the full fp32 tables (field + first-order); bytes are the tables' "
-          "parameters + buffers. AUC: test, mean (± std) over the finished seeds.", "",
-          "| method | budget | status | table MiB | compression | test AUC | val AUC | test logloss | train s | samples/s | device |",
-          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+          "Budget = compression target vs the full fp32 tables of the whole model (field + first-order, "
+          "planned once by `TablePlan`); bytes are the tables' parameters + buffers. AUC: test, mean (± std) "
+          f"over the finished seeds. Δ: the {INTERVAL_METHOD} (method − full; method − hash at the same "
+          "budget); `*` marks an interval that excludes 0. One table per device."]
+    head = ["| method | budget | status | table MiB | compression | test AUC | Δ vs full [95% CI] | "
+            "Δ vs hash [95% CI] | val AUC | test logloss | train s | samples/s | device |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    last_device = None
     for row in table:
+        if row["device"] != "-" and row["device"] != last_device:
+            md += ["", f"### {row['device']}", ""] + head
+            last_device = row["device"]
+        elif last_device is None:
+            md += [""] + head
+            last_device = row["device"]
         auc = f4(row["test_auc"]) + (f" ± {row['test_auc_std']:.4f}" if row["test_auc_std"] else "")
         mib = "-" if row["table_bytes"] is None else f"{row['table_bytes'] / 2**20:.3f}"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}x"
         ts = "-" if row["train_time_s"] is None else f"{row['train_time_s']:.0f}"
         sps = "-" if row["samples_per_s"] is None else f"{row['samples_per_s']:.0f}"
-        md.append(f"| {row['method']} | {row['budget']:g}x | {row['status']} | {mib} | {ratio} | {auc} | "
-                  f"{f4(row['val_auc'])} | {f4(row['test_logloss'])} | {ts} | {sps} | {row['device']} |")
+        dfull = "-" if row["_vs_full"] is None else row["_vs_full"].fmt()
+        dhash = "-" if row["_vs_hash"] is None else row["_vs_hash"].fmt()
+        md.append(f"| {row['method']} | {row['budget']:g}x | {row['status']} | {mib} | {ratio} | {auc} | {dfull} | "
+                  f"{dhash} | {f4(row['val_auc'])} | {f4(row['test_logloss'])} | {ts} | {sps} | {row['device']} |")
     notes = [(row["method"], row["budget"], row["status"], row["message"]) for row in table
              if row["status"] not in ("ok",) and row["message"]]
     if notes:
@@ -419,6 +469,8 @@ def write_results(outdir: Path, cells: Sequence[Mapping[str, Any]], cfg: Mapping
     files["md"].write_text("\n".join(md))
     plot(points, files["png"], metric="test", title="benchmark: test AUC vs table bytes (mean over seeds)",
          connect=True)
+    for row in table:
+        row.pop("_vs_full"), row.pop("_vs_hash")
     summary = {"rows": table, "files": {k: str(v) for k, v in files.items()},
                "counts": _count([row["status"] for row in table])}
     files["json"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
