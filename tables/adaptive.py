@@ -20,27 +20,56 @@ from .gather import RowsSpec, common_dim, per_feature
 from .hashing import HashFamily
 from .registry import register
 
-FreqSource = Mapping[str, Union[Tensor, np.ndarray, Sequence[int]]]
+#: a field's training counts: an array (entry ``i`` = count of id ``1 + i``, the layout of
+#: ``vocab/<field>.counts.npy``) or an ``(ids, counts)`` pair (``slimembed.datasets.counts.train_counts``)
+FieldCounts = Union[Tensor, np.ndarray, Sequence[int], Tuple[Any, Any]]
+FreqSource = Mapping[str, FieldCounts]
 PPM = 10**6  # the budget knob: top_percent in parts per million (an integer knob)
 
 
-def top_ids_from_counts(counts: Union[Tensor, np.ndarray, Sequence[int]], k: int) -> Tensor:
-    """The ``k`` most frequent vocabulary ids of a field from its training counts.
+def _as_long(x: Any) -> Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.long, device="cpu").reshape(-1)
 
-    ``counts[i]`` is the count of vocabulary id ``1 + i`` (the processed datasets' layout:
-    ``vocab/<field>.counts.npy``; id 0 is the OOV id and is never hot). Ties go to the lower id
-    (a stable sort). Returns ``LongTensor[min(k, len(counts))]`` in decreasing frequency.
+
+def count_pairs(counts: FieldCounts) -> Tuple[Tensor, Tensor]:
+    """``(ids [V], counts [V])`` on the CPU of either form of a field's counts, id 0 (the OOV id,
+    never hot) left out. Arrays are ``counts[i]`` = count of id ``1 + i``."""
+    if isinstance(counts, tuple):
+        if len(counts) != 2:
+            raise ValueError(f"counts as a tuple must be (ids, counts), got {len(counts)} items")
+        ids, c = _as_long(counts[0]), _as_long(counts[1])
+        if ids.shape != c.shape:
+            raise ValueError(f"counts (ids, counts) differ in length: {ids.numel()} vs {c.numel()}")
+        keep = ids != 0
+        return ids[keep], c[keep]
+    c = _as_long(counts)
+    return torch.arange(1, c.numel() + 1, device="cpu"), c
+
+
+def top_ids_from_counts(counts: FieldCounts, k: int) -> Tensor:
+    """The ``k`` most frequent ids of a field from its training counts (either form of
+    :func:`count_pairs`; id 0, the OOV id, is never hot). Ties go to the lower id (a stable sort
+    over ids in increasing order). Returns ``LongTensor[min(k, V)]`` in decreasing frequency.
+
+    Example::
+
+        >>> top_ids_from_counts(np.array([5, 9, 9, 1]), 2)           # ids 1..4
+        tensor([2, 3])
+        >>> top_ids_from_counts((np.array([0, 4, 7]), np.array([50, 1, 3])), 2)   # id 0 never hot
+        tensor([7, 4])
     """
-    c = torch.as_tensor(np.asarray(counts), dtype=torch.long, device="cpu").reshape(-1)
-    order = torch.sort(c, descending=True, stable=True).indices
-    return order[: max(0, int(k))] + 1
+    ids, c = count_pairs(counts)
+    order = torch.argsort(ids)  # ties -> lower id
+    ids, c = ids[order], c[order]
+    return ids[torch.sort(c, descending=True, stable=True).indices[: max(0, int(k))]]
 
 
 def hot_id_lists(features: Sequence[Feature], top_percent: float, counts: Optional[FreqSource],
                  frequent_ids: Optional[FreqSource], num_hot: RowsSpec, who: str) -> List[Tensor]:
     """Per feature, the sorted ``LongTensor`` of its ``floor(top_percent * N_f)`` most frequent ids.
 
-    Exactly one source: ``counts`` (``{name: counts}``, entry ``i`` = id ``1 + i``),
+    Exactly one source: ``counts`` (``{name: counts}``, an array with entry ``i`` = id ``1 + i``
+    or an ``(ids, counts)`` pair, :func:`count_pairs`),
     ``frequent_ids`` (``{name: ids}``, most frequent first) or ``num_hot`` (placeholders ``1..n_f``
     that a ``load_state_dict`` overwrites). A feature missing from ``counts``/``frequent_ids`` has
     no hot ids. Computed on the CPU (also under ``torch.device("meta")``: the ids are data).
@@ -57,7 +86,7 @@ def hot_id_lists(features: Sequence[Feature], top_percent: float, counts: Option
             ids = torch.arange(1, min(placeholders[i], sizes[i] - 1) + 1, device="cpu")
         elif counts is not None:
             c = counts.get(f.name)
-            if c is not None and len(c) > sizes[i] - 1:
+            if c is not None and not isinstance(c, tuple) and len(c) > sizes[i] - 1:
                 raise ValueError(f"{who}: counts for feature {f.name!r} have {len(c)} entries > "
                                  f"num_embeddings - 1 = {sizes[i] - 1}")
             ids = top_ids_from_counts(c, want[i]) if c is not None else torch.empty(0, dtype=torch.long, device="cpu")
@@ -79,7 +108,7 @@ def ranked_capacity(features: Sequence[Feature], kwargs: Mapping[str, Any]) -> L
     for f in features:
         if kwargs.get("counts") is not None:
             c = kwargs["counts"].get(f.name)
-            out.append(0 if c is None else len(c))
+            out.append(0 if c is None else int(count_pairs(c)[0].numel()))
         elif kwargs.get("frequent_ids") is not None:
             s = kwargs["frequent_ids"].get(f.name)
             out.append(0 if s is None else len(s))
@@ -96,9 +125,10 @@ class AdaptiveTable(EmbeddingTable):
     split own an exclusive row; every id also reads a hashed shared row ``h_f(x) mod M_f``, and
     the embedding is their sum: ``e(x) = E_hot[x] * [x hot] + E_shared[h_f(x)]``.
 
-    The frequency source is ``counts`` (``{feature: per-id counts}``, entry ``i`` = id ``1 + i``,
-    the layout of ``vocab/<field>.counts.npy``) or ``frequent_ids`` (``{feature: ids}``, most
-    frequent first). A feature missing from the source gets no hot ids. Without any source,
+    The frequency source is ``counts`` (``{feature: per-id counts}``: an array with entry ``i`` =
+    id ``1 + i``, the layout of ``vocab/<field>.counts.npy``, or an ``(ids, counts)`` pair as
+    :func:`slimembed.datasets.counts.train_counts` returns; ``needs_counts`` tells the experiment
+    to pass the training split's) or ``frequent_ids`` (``{feature: ids}``, most frequent first). A feature missing from the source gets no hot ids. Without any source,
     ``num_hot`` (per feature) builds placeholder hot ids ``1..n_f`` that a ``load_state_dict``
     overwrites: that is how :meth:`config` round-trips (the hot ids live in the state dict).
 

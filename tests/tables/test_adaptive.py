@@ -115,3 +115,36 @@ def test_adam_reduces_toy_regression_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def as_pairs(counts):
+    """The ``train_counts`` form ``{field: (ids, counts)}`` of per-id arrays (id 0: the OOV id,
+    seen often, unseen ids left out)."""
+    out = {}
+    for name, c in counts.items():
+        seen = np.nonzero(c)[0]
+        out[name] = (np.concatenate([[0], seen + 1]), np.concatenate([[10**9], c[seen]]))
+    return out
+
+
+def test_counts_as_id_count_pairs_pick_the_same_hot_ids_and_budget():
+    assert AdaptiveTable.needs_counts and "num_hot" in AdaptiveTable.solved_knobs
+    a = AdaptiveTable(FEATS, top_percent=0.1, counts=COUNTS, shared_rows=8)
+    b = AdaptiveTable(FEATS, top_percent=0.1, counts=as_pairs(COUNTS), shared_rows=8)
+    assert torch.equal(a.hot_keys, b.hot_keys) and a.hot_keys.numel() == 20 + 5 + 100  # floor(0.1 N_f); id 0 never hot
+    ta = make_table("adaptive", FEATS, compression=10, counts=COUNTS)
+    tb = make_table("adaptive", FEATS, compression=10, counts=as_pairs(COUNTS))
+    assert ta.budget_solution == tb.budget_solution
+    assert memory_report(tb).total_bytes == tb.budget_solution["bytes"]
+
+
+def test_pairs_with_ids_outside_the_vocabulary_name_the_feature():
+    with pytest.raises(ValueError, match="'b'"):
+        AdaptiveTable(FEATS, top_percent=0.5, counts={"b": (np.array([3, 70]), np.array([1, 9]))})
+
+
+def test_meta_build_with_counts_matches_the_real_bytes():
+    with torch.device("meta"):
+        m = make_table("adaptive", FEATS, compression=10, counts=COUNTS)
+    t = make_table("adaptive", FEATS, compression=10, counts=COUNTS)
+    assert m.hot_keys.is_meta and memory_report(m).total_bytes == memory_report(t).total_bytes

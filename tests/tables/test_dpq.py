@@ -155,3 +155,18 @@ def test_mgqe_budget_config_and_state_dict():
     t.eval(), t2.eval()
     ids = torch.randint(0, 5000, (32, 2))
     assert torch.equal(t(ids), t2(ids))
+
+
+def test_mgqe_takes_train_counts_pairs_and_a_budget_from_them():
+    from slimembed.tables.dpq import MGQETable
+
+    assert MGQETable.needs_counts and "num_hot" in MGQETable.solved_knobs
+    pairs = {n: (np.arange(1, len(c) + 1), c) for n, c in COUNTS.items()}
+    a = MGQETable(FEATS, num_parts=2, counts=COUNTS)
+    b = MGQETable(FEATS, num_parts=2, counts=pairs)
+    assert torch.equal(a.hot_keys, b.hot_keys) and a.hot_keys.numel() > 0
+    t = make_table("mgqe", FEATS, compression=4, counts=pairs, num_hot=5,  # num_hot: solved, ignored
+                   num_choices=32, low_choices=8)
+    assert t.budgeted_bytes() == t.inference_bytes() == t.budget_solution["bytes"] <= t.full_bytes() // 4
+    assert t.num_parts >= 2
+    assert t.hot_keys.numel() == b.hot_keys.numel()
