@@ -140,6 +140,39 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_methods(args: argparse.Namespace) -> int:
+    import json
+
+    from slimembed.tables import available_methods
+    from slimembed.tables.registry import method_info
+
+    names = [args.method] if args.method else available_methods(include_export=args.all)
+    infos = [method_info(m) for m in names]  # an unknown name raises, listing the known ones
+    if args.json:
+        print(json.dumps(infos if args.method is None else infos[0], indent=2, default=str))
+        return 0
+    if args.method is None:
+        print(f"{'method':<16} {'budget knob':<14} {'vocab-free':<10} {'shardable':<9}  what it is")
+        for i in infos:
+            print(f"{i['method']:<16} {str(i['budget_knob'] or '-'):<14} {('yes' if i['vocabulary_free'] else 'no'):<10} "
+                  f"{('yes' if i['shardable'] else 'no'):<9}  {i['summary'][:90]}")
+        print("\n`slimembed methods NAME` shows one method's arguments and defaults.")
+        return 0
+    i = infos[0]
+    print(f"{i['method']} ({i['class']}): {i['summary']}")
+    print(f"budget knob: {i['budget_knob'] or '- (not sized by a budget)'}"
+          + (f"; solved from the budget: {', '.join(i['solved_knobs'])}" if i["solved_knobs"] else ""))
+    print("arguments (defaults): " + ", ".join(f"{k}={v!r}" for k, v in i["arguments"].items()))
+    if i["search_space"]:
+        print(f"sweep space: {i['search_space']}")
+    print(f"vocabulary-free: {'yes' if i['vocabulary_free'] else 'no'}; sparse gradients: "
+          f"{'yes' if i['supports_sparse'] else 'no'}; quantizable export: {'yes' if i['quantizable'] else 'no'}")
+    print("DMP-shardable: " + ("yes" if i["shardable"] else f"no ({i['not_shardable_reason']})"))
+    if i["not_swept_reason"]:
+        print(f"left out of sweeps: {i['not_swept_reason']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimembed", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--out", default=None, help="output directory (default: the config's out, runs/benchmark)")
     bm.add_argument("--dry-run", action="store_true", help="check and list the cells, train nothing")
     bm.set_defaults(func=_cmd_benchmark)
+
+    me = sub.add_parser("methods", help="list the table methods (paper, budget knob, vocabulary-free, shardable), or one in full")
+    me.add_argument("method", nargs="?", default=None, help="one method's arguments, defaults and facts")
+    me.add_argument("--all", action="store_true", help="also the export-only kinds (quantized, optembed-compact...)")
+    me.add_argument("--json", action="store_true", help="print JSON")
+    me.set_defaults(func=_cmd_methods)
     return p
 
 

@@ -107,3 +107,41 @@ def make_table_from_config(config: Dict[str, Any], features: Optional[Sequence[F
     if from_config is not None:
         return from_config(cfg, features)
     return make_table(method, features, **cfg)
+
+
+def method_info(method: str) -> Dict[str, Any]:
+    """Everything about a method, read from its class (so it never drifts): the first line of its
+    docstring (what it is, and its paper), the budget knob, the other constructor arguments with
+    their defaults, and the facts the rest of the library reads.
+
+    Example::
+
+        >>> info = method_info("hash")
+        >>> info["budget_knob"], info["vocabulary_free"], info["arguments"]["signed"]
+        ('total_rows', True, False)
+    """
+    import inspect
+
+    cls = get_table_class(method)
+    doc = inspect.getdoc(cls) or ""
+    summary = " ".join(doc.split("\n\n")[0].split())
+    args: Dict[str, Any] = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "features") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        args[name] = None if p.default is inspect.Parameter.empty else p.default
+    why = getattr(cls, "not_shardable_reason", None)
+    return {
+        "method": method, "class": cls.__name__, "summary": summary,
+        "budget_knob": getattr(cls, "budget_knob", None),
+        "solved_knobs": list(getattr(cls, "solved_knobs", ())),
+        "arguments": {k: v for k, v in args.items() if k not in getattr(cls, "solved_knobs", ())},
+        "search_space": dict(getattr(cls, "search_space", {})),
+        "vocabulary_free": not getattr(cls, "needs_range", True),
+        "trainable": getattr(cls, "trainable", True),
+        "shardable": why is None, "not_shardable_reason": why,
+        "quantizable": getattr(cls, "quantizable", False),
+        "supports_sparse": getattr(cls, "supports_sparse", False),
+        "not_swept_reason": getattr(cls, "not_swept_reason", None),
+    }
+

@@ -145,3 +145,22 @@ def test_generate_profile_and_knobs(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--out", str(tmp_path / "x"), "--rows", "100", "--knob", "gamma=1"]) != 0
     assert "--knob 'gamma=1'" in capsys.readouterr().err
+
+
+def test_methods_lists_every_method_and_shows_one(capsys):
+    from slimembed.ctr.cli import main
+    from slimembed.tables import available_methods
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0] for line in out.splitlines()[1:] if line.strip() and not line.startswith("`")}
+    assert rows == set(available_methods())
+    assert main(["methods", "hash"]) == 0
+    one = capsys.readouterr().out
+    assert "budget knob: total_rows" in one and "signed=False" in one and "vocabulary-free: yes" in one
+    assert main(["methods", "no_such"]) == 2
+    assert "unknown table method 'no_such'" in capsys.readouterr().err
+    assert main(["methods", "--json", "qr"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["budget_knob"] == "total_rows"
