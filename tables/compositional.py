@@ -31,6 +31,7 @@ from .feature import Feature
 from .gather import GatherTable, common_dim
 from .dropin import EmbeddingBag
 from .registry import register
+from .threshold import for_budget_with_threshold
 
 OPERATIONS = ("mult", "add", "concat")
 PARTITIONS = ("radix", "crt")
@@ -310,6 +311,14 @@ class CompositionalTable(GatherTable):
             j = bisect.bisect_right(costs, a * k) - 1
             rad[i] = rads[max(j, 0)]
         return rad
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any):
+        """The budget solve of :meth:`knob_range` with a budget-aware ``threshold``: DLRM's 200
+        when small fields kept whole still fit, else the largest threshold that fits (down to 0,
+        every field compressed); see :mod:`slimembed.tables.threshold`. An explicit ``threshold``
+        is kept as given (a hard floor, named in the error)."""
+        return for_budget_with_threshold(cls, super().for_budget, features, budget_bytes, "threshold", kwargs)
 
     @classmethod
     def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:

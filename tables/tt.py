@@ -28,6 +28,7 @@ from .feature import Feature, check_features
 from .full import FullTable
 from .dropin import EmbeddingBag
 from .registry import register
+from .threshold import for_budget_with_threshold
 
 Shape3 = Tuple[int, int, int]
 
@@ -338,9 +339,17 @@ class TTTable(EmbeddingTable):
         ).total_bytes()
 
     @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "TTTable":
+        """The rank solve with a budget-aware ``threshold``: 200 (DLRM/Hetu) when the small fields
+        kept full still fit, else the largest threshold that fits (down to 0: every field where a
+        train is smaller than the table is TT); see :mod:`slimembed.tables.threshold`. An explicit
+        ``threshold`` is kept as given (a hard floor, named in the error)."""
+        return for_budget_with_threshold(cls, super().for_budget, features, budget_bytes, "threshold", kwargs)
+
+    @classmethod
     def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
         """The rank ``R`` (memory is non-decreasing in R). Granularity: one rank step. At
-        ``R = 1`` small fields stay full; lower ``threshold`` to compress more fields."""
+        ``R = 1`` fields up to ``threshold`` stay full (:meth:`for_budget` lowers a default one)."""
         features = check_feats(features)
         # At R^2 >= N*d every field's middle core alone is at least the full table: all full.
         return 1, max(1, math.isqrt(max(int(f.num_embeddings) * f.embedding_dim for f in features)) + 1)

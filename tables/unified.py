@@ -64,6 +64,7 @@ from .gather import GatherTable, combine_rows, common_dim, gather_combine, per_f
 from .hashing import HashFamily, universal_hash
 from .dropin import EmbeddingBag
 from .registry import register
+from .threshold import for_budget_with_threshold
 
 if HAVE_TORCHREC:
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
@@ -724,6 +725,15 @@ class UnifiedTable(GatherTable):
         projections and buffers) is measured on a real build."""
         small = cls.budget_build(features, 1, **kwargs)
         return module_bytes(small), 4 * small.num_tables * small.chunk_dim
+
+    @classmethod
+    def for_budget(cls, features: Sequence[Feature], budget_bytes: int, **kwargs: Any) -> "UnifiedTable":
+        """The ``rows`` solve with a budget-aware ``collisionless_max``: the class default (200 for
+        unified, 0 for multiplexed) when the private rows still fit, else the largest value that
+        fits (down to 0: every feature hashed); see :mod:`slimembed.tables.threshold`. An explicit
+        ``collisionless_max`` is kept as given (a hard floor, named in the error)."""
+        return for_budget_with_threshold(cls, super().for_budget, features, budget_bytes,
+                                         "collisionless_max", kwargs)
 
     @classmethod
     def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:

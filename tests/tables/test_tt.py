@@ -97,9 +97,9 @@ def test_budgets_land_from_below_within_one_rank(ratio):
     minimum = TTTable.memory_bytes(CRITEO_LIKE, 1)
     if budget < minimum:
         with pytest.raises(ValueError, match=f"needs at least {minimum} bytes"):
-            make_table("tt", CRITEO_LIKE, compression=ratio)
+            make_table("tt", CRITEO_LIKE, compression=ratio, threshold=200)  # pinned: a hard floor
         return
-    t = make_table("tt", CRITEO_LIKE, compression=ratio)
+    t = make_table("tt", CRITEO_LIKE, compression=ratio, threshold=200)
     total = memory_report(t).total_bytes
     assert total <= budget
     assert memory_report(TTTable(CRITEO_LIKE, rank=t.rank + 1)).total_bytes > budget
@@ -108,7 +108,7 @@ def test_budgets_land_from_below_within_one_rank(ratio):
 
 def test_criteo_like_at_1000x_is_below_the_minimum():
     with pytest.raises(ValueError, match=r"'tt' needs at least \d+ bytes.*rank=1"):
-        make_table("tt", CRITEO_LIKE, compression=1000)
+        make_table("tt", CRITEO_LIKE, compression=1000, threshold=200)  # DLRM's 200 pinned: a hard floor
 
 
 @pytest.mark.parametrize("bad", [-1, 1000])
