@@ -15,9 +15,12 @@ class MemoryReport:
 
     ``param_bytes``/``buffer_bytes`` count every parameter and buffer once (hash seeds, id remaps
     and masks are memory too); ``optimizer_bytes`` the optimizer state of the module's parameters;
-    ``total_bytes`` their sum. ``table_bytes`` is the part held by slimembed tables,
-    ``full_bytes`` the uncompressed fp32 baseline for the same features and dims, and
-    ``ratio = full_bytes / table_bytes`` the compression of the stored tables.
+    ``total_bytes`` their sum. ``table_bytes`` is what the slimembed tables store for inference:
+    their parameters and buffers, except for tables that train through training-only state
+    (int8/int16/alpt's fp32 working copy, deeplight's dense rows, dpq/mgqe's query embeddings:
+    classes with ``budgeted_bytes()``), which count their inference footprint and report the rest
+    as ``training_only_bytes``. ``full_bytes`` is the uncompressed fp32 baseline for the same
+    features and dims, and ``ratio = full_bytes / table_bytes`` the compression of the stored tables.
     """
 
     param_bytes: int
@@ -27,6 +30,7 @@ class MemoryReport:
     table_bytes: int
     full_bytes: int
     ratio: float
+    training_only_bytes: int = 0
 
     def to_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -83,7 +87,16 @@ def memory_report(module: nn.Module, optimizer: Optional[torch.optim.Optimizer] 
     # Nested tables (a table built from tables) count once, through the outermost.
     outer = [t for t in tables if not any(t is not o and t in set(o.modules()) for o in tables)]
     seen: set = set()
-    table_bytes = sum(_module_bytes(t, seen) for t in outer)
+    table_bytes, training_only = 0, 0
+    for t in outer:
+        held = _module_bytes(t, seen)
+        budgeted = getattr(t, "budgeted_bytes", None)
+        if callable(budgeted):  # inference footprint; the rest only exists while training
+            stored = int(budgeted())
+            table_bytes += stored
+            training_only += max(0, held - stored)
+        else:
+            table_bytes += held
     full_bytes = sum(t.full_bytes() for t in outer)
     return MemoryReport(
         param_bytes=param_bytes,
@@ -93,4 +106,5 @@ def memory_report(module: nn.Module, optimizer: Optional[torch.optim.Optimizer] 
         table_bytes=table_bytes,
         full_bytes=full_bytes,
         ratio=(full_bytes / table_bytes) if table_bytes else float("nan"),
+        training_only_bytes=training_only,
     )

@@ -63,7 +63,7 @@ def method_floor(method: str, features: Sequence[Feature], **kwargs: Any) -> int
         if m is None:
             raise
         return int(m.group(1))
-    return int(memory_report(table).total_bytes)  # pragma: no cover - a 1-byte budget fits
+    return int(memory_report(table).table_bytes)  # pragma: no cover - a 1-byte budget fits
 
 
 def _role_of(path: str) -> str:
@@ -215,7 +215,7 @@ class TablePlan:
             tables.append({
                 "role": role, "method": method, "features": len(feats),
                 "full_bytes": full_bytes(feats), "share_bytes": self.shares[i] if self.shares else None,
-                "bytes": None if rep is None else int(rep.total_bytes),
+                "bytes": None if rep is None else int(rep.table_bytes),
                 "knob": getattr(t, "budget_solution", None),
                 "rows_per_feature": None if rows is None else dict(zip([f.name for f in feats], map(int, rows))),
             })
