@@ -76,6 +76,17 @@ def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
         first = {"method": first} if isinstance(first, str) else dict(first)
         first.pop("compression", None), first.pop("budget_bytes", None)  # one model budget
         first = _with_sparse(first["method"], first, embedding_optimizer)
+    from slimembed.tables import get_table_class
+
+    for m, kw in ((method, tcfg), ((first or {}).get("method"), first or {})):
+        # frequency-aware tables (adaptive, mgqe) read the training split's counts
+        if m and getattr(get_table_class(m), "needs_counts", False) and not (
+                {"counts", "frequent_ids", "num_hot"} & set(kw)):
+            if data_path is None:
+                raise ValueError(f"table method {m!r} needs the training data's counts")
+            from slimembed.datasets.counts import train_counts
+
+            kw["counts"] = train_counts(data_path)
     for kw in (tcfg, first or {}):
         if kw.get("allocation") == "frequency" and kw.get("field_weights") is None:
             if data_path is None:
