@@ -44,7 +44,10 @@ def test_full_table_in_torchrec_dlrm_dcn_trains_a_step():
 def test_every_method_trains_a_step_inside_torchrec_dlrm_dcn(method):
     torch.manual_seed(0)
     feats = [Feature(f"C{i}", n, 8) for i, n in enumerate([30, 5000, 700])]
-    table = make_table(method, feats)
+    # frequency-aware methods take the training counts the experiment gives them (id 1 + i: count)
+    kw = ({"counts": {f.name: torch.arange(f.num_embeddings - 1) % 13 for f in feats}}
+          if getattr(get_table_class(method), "needs_counts", False) else {})
+    table = make_table(method, feats, **kw)
     model = DLRM_DCN(embedding_bag_collection=table, dense_in_features=4, dense_arch_layer_sizes=[16, 8],
                      over_arch_layer_sizes=[16, 1], dcn_num_layers=1, dcn_low_rank_dim=4)
     b = 16
