@@ -17,15 +17,19 @@ The module is two standard parts (docs/architecture.md §2):
    shared table has one feature name per chunk, so ``DistributedModelParallel`` shards it like any
    EBC. The remapped ids travel to it as a ``KeyedJaggedTensor`` keyed by chunk.
 
-**Chunk rule** (default ``chunks=None``): one more chunk per decade of cardinality above 100,
-``c_t = clamp(ceil(log10 N_t) - 1, 1, c_cap)``: ``N <= 100``: 1, ``<= 1e3``: 2, ``<= 1e4``: 3,
-``<= 1e5``: 4... with ``c_cap = embedding_dim // chunk_dim``. Bigger features suffer more
-collisions; ``c`` independent lookups make a full collision of two ids ``M^(c-1)`` times rarer.
+**Chunks** (``chunks=``). Default (``None``), the paper's and TF Recommenders' configuration:
+every feature makes ``c_t = D / chunk_dim`` lookups, so its embedding is the full width ``D``
+built from chunks alone (no projection parameters); ``D % chunk_dim`` must then be 0.
 ``chunk_dim`` defaults to ``D / k`` with ``k`` the largest divisor of ``D`` not above 4
-(``D = 16``: ``chunk_dim = 4``, up to 4 chunks; ``D = 1``: one chunk of 1).
+(``D = 16``: 4 chunks of 4; ``D = 1``: one chunk of 1). An int, a list or ``{name: c}`` sets
+``c_t`` by hand (as ``UnifiedEmbeddingConfig.add_feature(name, num_chunks)`` does).
+``chunks="by_cardinality"`` is OUR rule, not the paper's (:func:`cardinality_chunks`): one more
+chunk per decade of cardinality above 100, ``c_t = clamp(ceil(log10 N_t) - 1, 1, D / chunk_dim)``
+(``N <= 100``: 1, ``<= 1e3``: 2, ``<= 1e4``: 3, ``<= 1e5``: 4...); features narrower than ``D``
+then go through the output step below (a learned projection by default).
 
-**Output dims** (``output=``): ``"project"`` (default; MDE's semantics) a feature whose
-``c_t * chunk_dim`` differs from ``D`` (the features' ``embedding_dim``) gets a bias-free
+**Output dims** (``output=``), for features whose ``c_t * chunk_dim`` differs from ``D`` (none
+under the default chunks): ``"project"`` (default; MDE's semantics) such a feature (the features' ``embedding_dim``) gets a bias-free
 ``[c_t * chunk_dim, D]`` projection (Xavier init; it is memory and counted), others pass through;
 ``"pad"`` zero-pads to ``D`` (OptEmbed's semantics, no parameters); ``"none"`` keeps the
 per-feature dims ``c_t * chunk_dim`` (``output_dims``), dense ids then give ``[B, sum_t dims]``.
@@ -37,16 +41,18 @@ hashed. A collision-free feature reads its own row for ids in ``[0, N_t)``; an i
 a raw id at serving time) is hashed into that feature's private rows, so nothing fails.
 
 **Memory**: ``num_tables * rows * chunk_dim`` floats (shared) + ``sum_{private t} N_t c_t
-chunk_dim`` (collision-free) + the projections, plus int64 buffers: the hash coefficients
+chunk_dim`` (collision-free; ``N_t D`` under the default chunks) + the projections (if any), plus int64 buffers: the hash coefficients
 (``16 F c_max`` bytes), the per-chunk layout (``32 F c_max``) and per-feature limits (``16 F``).
 The budget knob is ``rows`` (rows per sub-table; granularity ``4 * num_tables * chunk_dim`` bytes).
 
 Example::
 
     >>> feats = [Feature("C1", 10**6, 16), Feature("C2", 50, 16)]
-    >>> t = UnifiedTable(feats, rows=1000)          # C1: 4 chunks of 4, C2: collision-free, 1 chunk
-    >>> t.chunks, t(torch.tensor([[2**50, 7]])).shape
-    ([4, 1], torch.Size([1, 2, 16]))
+    >>> t = UnifiedTable(feats, rows=1000)          # 4 chunks of 4 each; C2 collision-free
+    >>> t.chunks, len(t.projections), t(torch.tensor([[2**50, 7]])).shape
+    ([4, 4], 0, torch.Size([1, 2, 16]))
+    >>> UnifiedTable(feats, rows=1000, chunks="by_cardinality").chunks   # our rule: C2 1 chunk
+    [4, 1]
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ if HAVE_TORCHREC:
 OUTPUT_MODES = ("project", "pad", "none")
 BACKENDS = ("gather", "torchrec")
 DEFAULT_MAX_ROWS = 2**20
-ChunkSpec = Union[int, Sequence[int], Mapping[str, int], None]
+#: named chunk rules besides the default (D / chunk_dim chunks per feature, the paper's)
+CHUNK_RULES = ("by_cardinality",)
+ChunkSpec = Union[int, Sequence[int], Mapping[str, int], str, None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,12 +98,13 @@ def default_chunk_dim(dim: int, max_chunks: int = 4) -> int:
     return dim // k
 
 
-def default_chunks(num_embeddings: int, cap: int) -> int:
-    """The chunk rule: ``clamp(ceil(log10 N) - 1, 1, cap)`` (one more chunk per decade above 100).
+def cardinality_chunks(num_embeddings: int, cap: int) -> int:
+    """``chunks="by_cardinality"`` (our rule, not the paper's): ``clamp(ceil(log10 N) - 1, 1, cap)``,
+    one more chunk per decade above 100.
 
     Example::
 
-        >>> [default_chunks(n, 4) for n in (3, 100, 101, 1000, 10**4, 10**6)]
+        >>> [cardinality_chunks(n, 4) for n in (3, 100, 101, 1000, 10**4, 10**6)]
         [1, 1, 2, 2, 3, 4]
     """
     n = int(num_embeddings)
@@ -103,6 +112,9 @@ def default_chunks(num_embeddings: int, cap: int) -> int:
     while 10**decades < n:  # exact ceil(log10 n) on integers (no float rounding at 10**k)
         decades += 1
     return max(1, min(int(cap), decades - 1))
+
+
+default_chunks = cardinality_chunks  # its name before the paper's layout became the default
 
 
 def chunk_key(feature: str, chunk: int) -> str:
@@ -260,10 +272,12 @@ class UnifiedTable(GatherTable):
             ``min(2**20, ceil(sum of hashed N_t / num_tables))``.
         num_tables: shared sub-tables; chunks go round-robin over them (TFRS). Default 1.
         chunk_dim: width of a chunk (a row); default :func:`default_chunk_dim` ``(D)``.
-        chunks: ``c_t``: an int, a list (feature order) or ``{name: c}``; default the chunk rule
-            (module docstring), capped at ``D // chunk_dim``.
+        chunks: ``c_t``: an int, a list (feature order) or ``{name: c}``; default ``D // chunk_dim``
+            for every feature (the paper's full-width layout, no projections);
+            ``"by_cardinality"``: our cardinality rule (module docstring), capped at ``D // chunk_dim``.
         collisionless_max: features with ``num_embeddings <=`` this keep private collision-free
-            rows (``N_t * c_t`` rows each); 0 turns it off. Default 200.
+            rows (``N_t * c_t`` rows each, full width under the default chunks); 0 turns it off.
+            Default 200 (a budget may lower it: :meth:`for_budget`).
         output: ``"project"`` (default), ``"pad"`` or ``"none"`` (module docstring).
         backend: ``"gather"`` (fused weight, default) or ``"torchrec"`` (a child
             ``EmbeddingBagCollection``; ``sparse`` must be False, KJT weights are not supported).
@@ -280,7 +294,7 @@ class UnifiedTable(GatherTable):
         >>> feats = [Feature("C1", 10**6, 16), Feature("C2", 50, 16)]
         >>> t = make_table("unified", feats, compression=50, backend="torchrec")
         >>> [c.feature_names for c in t.ebc.embedding_bag_configs()]   # chunk names per table
-        [['C1_0', 'C1_1', 'C1_2', 'C1_3'], ['C2_0']]
+        [['C1_0', 'C1_1', 'C1_2', 'C1_3'], ['C2_0', 'C2_1', 'C2_2', 'C2_3']]
     """
 
     method = "unified"
@@ -327,9 +341,18 @@ class UnifiedTable(GatherTable):
             raise ValueError(f"chunk_dim must be >= 1, got {d}")
         cap = max(1, dim // d)
         sizes = [int(f.num_embeddings) for f in self.features]
-        cs = per_feature(chunks, self.features, "chunks")
-        if cs is None:
-            cs = [default_chunks(n, cap) for n in sizes]
+        if isinstance(chunks, str):
+            if chunks not in CHUNK_RULES:
+                raise ValueError(f"chunks must be an int, a list, a {{feature: int}} dict or one of "
+                                 f"{CHUNK_RULES}, got {chunks!r}")
+            cs = [cardinality_chunks(n, cap) for n in sizes]
+        else:
+            cs = per_feature(chunks, self.features, "chunks")
+        if cs is None:  # the paper's layout: D / chunk_dim full-width chunks, no projection
+            if dim % d:
+                raise ValueError(f"chunk_dim={d} does not divide embedding_dim {dim}: the default layout "
+                                 "is D / chunk_dim chunks per feature; pass chunks= explicitly")
+            cs = [cap] * len(sizes)
         for f, c in zip(self.features, cs):
             if c < 1:
                 raise ValueError(f"{type(self).__name__}: feature {f.name!r} needs at least 1 chunk, got {c}")
@@ -799,7 +822,7 @@ class UnifiedEmbeddingBag(EmbeddingBag):
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space, e.g.
     ``2**63``; ``max_norm``, ``scale_grad_by_freq``, ``_weight`` raise ``NotImplementedError``),
     plus keyword-only ``num_rows`` (default ``min(num_embeddings, 2**20)``), ``chunks`` (default
-    :func:`default_chunks` capped at ``embedding_dim // chunk_dim``), ``chunk_dim`` (default
+    ``embedding_dim // chunk_dim``, the full width; ``"by_cardinality"`` our rule), ``chunk_dim`` (default
     ``embedding_dim / chunks``, else :func:`default_chunk_dim`), ``seed``, ``init_scale``.
     The output is ``embedding_dim`` wide (a projection when ``chunks * chunk_dim`` differs).
 
@@ -816,8 +839,8 @@ class UnifiedEmbeddingBag(EmbeddingBag):
     def table_kwargs(self, num_embeddings: int, embedding_dim: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         chunks, chunk_dim = kwargs.get("chunks"), kwargs.get("chunk_dim")
         if chunk_dim is None:
-            chunk_dim = (embedding_dim // chunks if chunks and embedding_dim % chunks == 0
-                         else default_chunk_dim(embedding_dim))
+            chunk_dim = (embedding_dim // chunks if isinstance(chunks, int) and chunks > 0
+                         and embedding_dim % chunks == 0 else default_chunk_dim(embedding_dim))
         kwargs["chunk_dim"] = chunk_dim
         kwargs["chunks"] = max(1, embedding_dim // chunk_dim) if chunks is None else chunks
         kwargs.setdefault("rows", min(num_embeddings, DEFAULT_MAX_ROWS))

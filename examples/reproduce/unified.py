@@ -7,7 +7,15 @@ several seeds, four arms:
 * ``full``: the uncompressed table (one run per model and seed; it has no budget);
 * ``hash``: per-feature hashing, rows split in proportion to cardinality (non-multiplexed);
 * ``multiplexed``: one shared table, a salted hash per feature;
-* ``unified``: chunked lookups into one shared table, small features collision-free.
+* ``unified``: the paper's configuration (and TF Recommenders' ``UnifiedEmbedding``): every feature
+  makes ``D / chunk_dim`` salted lookups into the shared table, concatenated to the full width ``D``
+  (no projection); small features collision-free at full width;
+* ``unified[chunks=by_cardinality]``: OUR variant, not the paper's (the default before issue 14):
+  ``clamp(ceil(log10 N) - 1, 1, D / chunk_dim)`` chunks per feature and a learned projection to ``D``.
+
+Records of a plain ``unified`` arm written before the paper's layout became the default (no
+``layout`` in their ``unified_experiment`` entry) were the cardinality rule: summaries list them
+under ``unified[chunks=by_cardinality]``, and a grid refuses to resume such a cell as ``unified``.
 
 Every run goes through :func:`slimembed.ctr.experiment.run_experiment` (the same trainer, loaders
 and JSON records as ``slimembed train``) and writes ``<out>/runs/<model>/<method>_<budget>_s<seed>.json``;
@@ -40,7 +48,35 @@ if _HERE not in sys.path:  # grid.py beside it (also under PYTHONSAFEPATH, which
     sys.path.insert(0, _HERE)
 from grid import cells, ensure_synthetic, mean_std, paired_diff, resume  # noqa: E402
 
-METHODS = ("full", "hash", "multiplexed", "unified")
+METHODS = ("full", "hash", "multiplexed", "unified", "unified[chunks=by_cardinality]")
+#: arm -> the label summaries print (whose configuration the arm is)
+ARM_LABELS = {
+    "unified": "unified (paper: D/chunk_dim chunks, no projection)",
+    "unified[chunks=by_cardinality]": "unified[chunks=by_cardinality] (ours: chunks by cardinality + projection)",
+}
+#: the ``layout`` recorded with every run of a plain ``unified`` arm (older records have none)
+UNIFIED_LAYOUT = "paper"
+
+
+def arm_label(arm: str) -> str:
+    """The summary label of an arm.
+
+    >>> arm_label("unified"), arm_label("hash")
+    ('unified (paper: D/chunk_dim chunks, no projection)', 'hash')
+    """
+    return ARM_LABELS.get(arm, arm)
+
+
+def record_arm(run: Dict[str, Any]) -> str:
+    """The arm a record's ``unified_experiment`` entry ran: a plain ``unified`` run without the
+    ``layout`` marker predates the paper's default and ran the cardinality rule.
+
+    >>> record_arm({"method": "unified"}), record_arm({"method": "unified", "layout": "paper"})
+    ('unified[chunks=by_cardinality]', 'unified')
+    """
+    if run["method"] == "unified" and run.get("layout") != UNIFIED_LAYOUT:
+        return "unified[chunks=by_cardinality]"
+    return run["method"]
 MODELS = ("dcnv2", "deepfm")
 COMPRESSIONS = (10.0, 50.0, 250.0)
 
@@ -135,8 +171,13 @@ def run_grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
         path = Path(cfg["output"])
         path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        entry = {**run, "layout": UNIFIED_LAYOUT} if run["method"] == "unified" else run
+        if path.exists() and record_arm(json.loads(path.read_text()).get("extra", {}).get(
+                "unified_experiment", run)) != run["method"]:
+            raise ValueError(f"{path}: a 'unified' run from before the paper's layout became the default "
+                             "(the cardinality rule); move it away to rerun the cell")
         # the record keeps the key "unified_experiment": summaries of older grids read it
-        rec, resumed = resume(path, lambda: run_experiment(cfg, extra={"unified_experiment": run}))
+        rec, resumed = resume(path, lambda: run_experiment(cfg, extra={"unified_experiment": entry}))
         if resumed:
             done += 1
             continue
@@ -165,7 +206,7 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
             run = rec.get("extra", {}).get("unified_experiment")
             if run is None:
                 continue
-            key = (run["model"], run["method"], run["compression"])
+            key = (run["model"], record_arm(run), run["compression"])
             if key + (run["seed"],) in seen:
                 continue
             seen.add(key + (run["seed"],))
@@ -182,9 +223,9 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
         tb = statistics.fmean(r["memory"]["table_bytes"] for r in recs)
         ratio = statistics.fmean(r["memory"]["ratio"] for r in recs)
         devices = sorted({str(r.get("config", {}).get("device", "cpu")) for r in recs})
-        lines.append(f"| {model} | {budget_tag(comp)} | {method} | {mean:.4f} ± {std:.4f} | "
+        lines.append(f"| {model} | {budget_tag(comp)} | {arm_label(method)} | {mean:.4f} ± {std:.4f} | "
                      f"{tb:,.0f} | {ratio:.1f}x | {len(aucs)} | {'+'.join(devices)} |")
-        row = {"model": model, "method": method, "compression": comp, "auc_mean": mean,
+        row = {"model": model, "method": method, "label": arm_label(method), "compression": comp, "auc_mean": mean,
                "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs), "devices": devices}
         if method != "full" and (model, "full", None) in groups:
             row["auc_diff_vs_full"] = paired_diff(_auc_by_seed(recs), _auc_by_seed(groups[(model, "full", None)]))

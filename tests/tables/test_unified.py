@@ -23,12 +23,18 @@ from slimembed.tables import (
     memory_report,
 )
 from slimembed.tables.hashing import hash_ids
-from slimembed.tables.unified import chunk_key, default_chunk_dim, default_chunks
+from slimembed.tables.unified import cardinality_chunks, chunk_key, default_chunk_dim, default_chunks
 
 ROOT = Path(__file__).resolve().parents[2]
 # a vocabulary-free feature, a large one, a small collision-free one (unified), a mid one
 FEATS = [Feature("a", 2**63, 16), Feature("b", 10**6, 16), Feature("c", 40, 16, "mean"),
          Feature("d", 5000, 16)]
+#: tests written for the cardinality rule (the default before the paper's layout) pin it
+BY_CARD = {"chunks": "by_cardinality"}
+# Criteo Kaggle's 26 cardinalities / 100: shared and private (<= 200) fields, small enough for a CPU test
+CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
+          14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+CRITEO_SHAPED = [Feature(f"C{i + 1}", max(math.ceil(n / 100), 2), 16) for i, n in enumerate(CRITEO)]
 
 
 def dense_ids(b=24, seed=0, feats=FEATS):
@@ -86,20 +92,93 @@ def copy_to_torchrec(src: UnifiedTable, dst: UnifiedTable) -> None:
 
 # ---------------------------------------------------------------- rules
 def test_chunk_rule_and_default_chunk_dim():
-    assert [default_chunks(n, 4) for n in (3, 100, 101, 1000, 1001, 10**4, 10**5, 10**6)] == \
+    assert [cardinality_chunks(n, 4) for n in (3, 100, 101, 1000, 1001, 10**4, 10**5, 10**6)] == \
         [1, 1, 2, 2, 3, 3, 4, 4]
-    assert default_chunks(10**9, 8) == 8
+    assert cardinality_chunks(10**9, 8) == 8 and default_chunks is cardinality_chunks
     assert (default_chunk_dim(16), default_chunk_dim(39), default_chunk_dim(1), default_chunk_dim(10)) == \
         (4, 13, 1, 5)
-    t = UnifiedTable(FEATS, rows=100)
+    t = UnifiedTable(FEATS, rows=100, **BY_CARD)
     assert t.chunk_dim == 4 and t.chunks == [4, 4, 1, 3]
     assert t.collisionless == [False, False, True, False]
     assert t.output_dims == [16] * 4
 
 
+# ---------------------------------------------------------------- the paper's default layout
+def test_default_is_the_papers_full_width_chunks_without_projections():
+    t = make_table("unified", CRITEO_SHAPED, compression=10, seed=3)
+    full = sum(f.num_embeddings for f in CRITEO_SHAPED) * 16 * 4
+    assert memory_report(t).total_bytes <= full // 10
+    assert t.chunk_dim == 4 and t.chunks == [4] * 26 and t.output_dims == [16] * 26
+    assert [n for n, _ in t.named_parameters()] == ["weight"] and len(t.projections) == 0
+    private = [f.num_embeddings <= t.collisionless_max for f in CRITEO_SHAPED]
+    assert t.collisionless == private and 0 < sum(private) < 26  # both kinds are exercised
+    tables = t.shared_weights()  # num_tables shared [rows, 4] sub-tables, then the private block
+    assert len(tables) == t.num_tables + 1
+    g = torch.Generator().manual_seed(1)
+    ids = torch.stack([torch.randint(0, f.num_embeddings, (32,), generator=g) for f in CRITEO_SHAPED], 1)
+    ids[:4, [i for i, p in enumerate(private) if not p]] += 2**40  # unseen raw ids hash too
+    with torch.no_grad():
+        out = t(ids)
+    assert out.shape == (32, 26, 16)
+    # by hand: shared chunks round-robin over the sub-tables in (feature, chunk) order (TFRS
+    # add_feature), each read at its own salted hash; a private feature's chunk j reads row id of
+    # its own N-row block
+    counter, priv_off = 0, 0
+    for f, feat in enumerate(CRITEO_SHAPED):
+        for j in range(4):
+            if private[f]:
+                want = tables[-1][priv_off + ids[:, f]]
+                priv_off += feat.num_embeddings
+            else:
+                r = hash_ids(ids[:, f], t.rows, seed=3, salt=feat.name, index=j)
+                want = tables[counter % t.num_tables][r]
+                counter += 1
+            assert torch.equal(out[:, f, 4 * j:4 * j + 4], want), (feat.name, j)
+    assert priv_off == tables[-1].shape[0]
+    # several sub-tables: the same by-hand reading, now over 3 tables
+    t3 = make_table("unified", CRITEO_SHAPED[:6], rows=50, num_tables=3, collisionless_max=0)
+    w3 = t3.shared_weights()
+    assert len(w3) == 3 and len(t3.projections) == 0
+    out3 = t3(ids[:, :6])
+    for k in range(24):
+        f, j = divmod(k, 4)
+        r = hash_ids(ids[:, f], 50, seed=0, salt=CRITEO_SHAPED[f].name, index=j)
+        assert torch.equal(out3[:, f, 4 * j:4 * j + 4], w3[k % 3][r])
+
+
+def test_by_cardinality_reproduces_the_former_default():
+    # pinned by building with the former default (the cardinality rule + projections) before the
+    # default became the paper's layout: same chunks, rows, parameter shapes and outputs
+    torch.manual_seed(0)
+    t = make_table("unified", CRITEO_SHAPED, compression=10, seed=3, chunks="by_cardinality")
+    assert t.chunks == [1, 1, 4, 4, 1, 1, 2, 1, 1, 2, 1, 4, 1, 1, 2, 4, 1, 1, 1, 1, 4, 1, 1, 3, 1, 3]
+    assert t.rows == 133500 and t.collisionless_max == 200
+    assert [(n, tuple(p.shape)) for n, p in t.named_parameters()] == [
+        ("weight", (134268, 4)), ("projections.0", (16, 4, 16)), ("projections.1", (3, 8, 16)),
+        ("projections.2", (2, 12, 16))]
+    g = torch.Generator().manual_seed(1)
+    ids = torch.stack([torch.randint(0, f.num_embeddings, (8,), generator=g) for f in CRITEO_SHAPED], 1)
+    with torch.no_grad():
+        out = t(ids).double()
+    assert math.isclose(float(out.sum()), 1.4110983470282008, rel_tol=1e-5)
+    assert math.isclose(float(out.abs().sum()), 59.419897868402586, rel_tol=1e-6)
+    # the config records the chunk list: a rebuild is the same table
+    u = make_table_from_config(t.config())
+    assert u.chunks == t.chunks and [p.shape for p in u.parameters()] == [p.shape for p in t.parameters()]
+
+
+def test_chunk_spec_errors_are_one_line():
+    with pytest.raises(ValueError, match=r"chunks must be .*'by_cardinality'.*'by_decade'"):
+        UnifiedTable(FEATS, rows=10, chunks="by_decade")
+    with pytest.raises(ValueError, match=r"chunk_dim=5 does not divide embedding_dim 16"):
+        UnifiedTable(FEATS, rows=10, chunk_dim=5)
+    t = UnifiedTable(FEATS, rows=10, chunk_dim=5, chunks=3)  # explicit chunks: projected to D
+    assert t.chunks == [3] * 4 and t.output_dims == [16] * 4 and len(t.projections) == 1
+
+
 # ---------------------------------------------------------------- hashing & collisions
 def test_rows_are_the_project_hash_family_per_feature_and_chunk():
-    t = UnifiedTable(FEATS, rows=997, seed=5)
+    t = UnifiedTable(FEATS, rows=997, seed=5, **BY_CARD)
     ids = dense_ids(64)
     idx = t.remap(ids)  # [B, F, c_max], global rows
     for f, feat in enumerate(FEATS):
@@ -199,7 +278,7 @@ def test_torchrec_child_ebc_has_one_table_with_several_feature_names():
     assert len(cfgs) == 1 and cfgs[0].feature_names == ["a", "b", "c", "d"]
     assert cfgs[0].num_embeddings == 100 and cfgs[0].embedding_dim == 16
     assert type(m.ebc).__name__ == "EmbeddingBagCollection"  # plain torchrec module: DMP shards it
-    u = make_table("unified", FEATS, rows=100, backend="torchrec")
+    u = make_table("unified", FEATS, rows=100, backend="torchrec", **BY_CARD)
     names = [c.name for c in u.ebc.embedding_bag_configs()]
     assert names == ["unified_shared_0", "unified_private"]
     shared = u.ebc.embedding_bag_configs()[0]
@@ -213,7 +292,7 @@ def test_torchrec_child_ebc_has_one_table_with_several_feature_names():
 def test_project_pad_none_against_a_dense_reference(backend):
     ids = dense_ids(10)
     for output in ("project", "pad", "none"):
-        t = UnifiedTable(FEATS, rows=77, output=output, backend=backend, seed=4)
+        t = UnifiedTable(FEATS, rows=77, output=output, backend=backend, seed=4, **BY_CARD)
         w = torch.cat(t.shared_weights())  # fused layout, identical for both backends
         idx = t.remap(ids)
         out = t(ids)
@@ -232,7 +311,7 @@ def test_project_pad_none_against_a_dense_reference(backend):
         if output == "none":
             assert t.output_dims == [16, 16, 4, 12]
             assert torch.allclose(out, torch.cat(flat, 1))
-    assert len(UnifiedTable(FEATS, rows=9, output="pad").projections) == 0
+    assert len(UnifiedTable(FEATS, rows=9, output="pad", **BY_CARD).projections) == 0
 
 
 @pytest.mark.parametrize("method", ["multiplexed", "unified"])
@@ -260,7 +339,7 @@ def test_dense_and_kjt_forms_agree(method, backend):
 
 
 def test_weighted_kjt_and_none_mode_kjt():
-    t = UnifiedTable(FEATS, rows=50, output="none")
+    t = UnifiedTable(FEATS, rows=50, output="none", **BY_CARD)
     bags = random_kjt(FEATS, b=5, seed=1, weighted=True)
     kt = t(bags)
     assert kt.length_per_key() == [16, 16, 4, 12]
@@ -271,7 +350,7 @@ def test_weighted_kjt_and_none_mode_kjt():
 
 
 def test_gradients_reach_only_the_rows_read_and_the_projections():
-    t = UnifiedTable(FEATS, rows=1000)
+    t = UnifiedTable(FEATS, rows=1000, **BY_CARD)
     ids = dense_ids(4)
     t(ids).sum().backward()
     touched = set(t.weight.grad.abs().sum(1).nonzero().squeeze(1).tolist())
@@ -332,7 +411,7 @@ def test_budgets_land_at_or_under_within_granularity(method, kw):
 
 
 def test_memory_report_counts_shared_private_projections_and_salts():
-    t = UnifiedTable(FEATS, rows=100)
+    t = UnifiedTable(FEATS, rows=100, **BY_CARD)
     rep = memory_report(t)
     c = t.chunks  # [4, 4, 1, 3]; 'c' (40 values, 1 chunk) is private
     shared = 100 * 4
@@ -345,7 +424,7 @@ def test_memory_report_counts_shared_private_projections_and_salts():
     extra = rep.buffer_bytes - salts - layout
     assert extra >= 4 * 8  # + the base's id limits and the projection index buffers
     assert rep.buffer_bytes < 2000
-    tr = UnifiedTable(FEATS, rows=100, backend="torchrec")
+    tr = UnifiedTable(FEATS, rows=100, backend="torchrec", **BY_CARD)
     assert memory_report(tr).param_bytes == rep.param_bytes
     m = MultiplexedTable(FEATS, rows=100)
     assert memory_report(m).param_bytes == 100 * 16 * 4
