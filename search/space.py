@@ -46,7 +46,7 @@ COMPRESSION = "compression"
 DEFAULT_COMPRESSION: Dict[str, Any] = {"low": 2.0, "high": 1000.0, "log": True}
 
 #: Arguments the experiment sets (``sparse`` follows the embedding optimizer).
-SET_BY_EXPERIMENT: Tuple[str, ...] = ("sparse",)
+SET_BY_EXPERIMENT: Tuple[str, ...] = ("sparse", "counts", "field_weights")
 
 
 def _table_class(method: str) -> Any:
@@ -251,6 +251,10 @@ def allowed_knobs(method: str) -> Tuple[List[str], List[str]]:
         params = {}
     names = [n for n, p in params.items()
              if n not in ("self", "features") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    # a class's own for_budget may take budget-split arguments (adaptive's shared_fraction, cafe's hash_rate)
+    fb = inspect.signature(cls.for_budget).parameters
+    names += [n for n, p in fb.items() if n not in ("cls", "features", "budget_bytes", *names)
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     # first_order: the experiment's table key for the models' 1-dim first-order tables
     allowed = sorted({COMPRESSION, "first_order",
                       *[n for n in names if n not in solved and n not in SET_BY_EXPERIMENT]})

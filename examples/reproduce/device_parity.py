@@ -47,10 +47,27 @@ def zipf_ids(feats: List[Feature], batch: int, seed: int) -> torch.Tensor:
     return torch.stack(cols, 1)
 
 
+def counts_kwargs(method: str, feats: List[Feature]) -> Dict[str, Any]:
+    """Frequency-aware tables get Zipf-like training counts (id 1 the most frequent)."""
+    from slimembed.tables import get_table_class
+
+    if not getattr(get_table_class(method), "needs_counts", False):
+        return {}
+    return {"counts": {f.name: (torch.arange(f.num_embeddings).numpy(),
+                                (f.num_embeddings - torch.arange(f.num_embeddings)).numpy()) for f in feats}}
+
+
 def build(method: str, feats: List[Feature]) -> torch.nn.Module:
-    if method == "full" or method.startswith("optembed"):  # not sized by a budget
-        return make_table(method, feats)
-    return make_table(method, feats, compression=10.0)
+    from slimembed.tables import get_table_class
+
+    cls = get_table_class(method)
+    kw = counts_kwargs(method, feats)
+    if cls.budget_knob is None:  # not sized by a budget (full, optembed)
+        return make_table(method, feats, **kw)
+    try:
+        return make_table(method, feats, compression=10.0, **kw)
+    except ValueError:  # 10x is below this method's floor (e.g. int8 reaches 4x): its lowest-ratio build
+        return make_table(method, feats, compression=2.0, **kw)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,15 +111,23 @@ def train_step_parity(method: str, feats: List[Feature], ids: torch.Tensor, dev:
     num_dense = 4
     if method.startswith("optembed"):
         return {}  # its training forward samples random dims per sample (device RNG streams differ)
-    budget = {} if method == "full" else {"compression": 10.0}
-    tables = table_factory_for("sparse_adam", method, **budget)
+    from slimembed.ctr.experiment import _with_sparse, planned_model
+    from slimembed.tables import get_table_class
+    from slimembed.tables.plan import TablePlan
+
+    cls = get_table_class(method)
+    kw = _with_sparse(method, counts_kwargs(method, feats), "sparse_adam")
     # DeepFM's first-order (dim 1) table: mde cannot shrink dim-1 fields, so it is hashed there.
-    first = table_factory_for("sparse_adam", "hash" if method == "mde" else method, **budget)
-
-    def factory(fs: List[Feature], **more: Any) -> torch.nn.Module:
-        return (first if fs[0].embedding_dim == 1 else tables)(fs, **more)
-
-    model = make_model("deepfm", feats, num_dense, hidden_units=[32, 32], table_factory=factory)
+    first = {"method": "hash"} if method == "mde" else None
+    model = None
+    for c in ((None,) if cls.budget_knob is None else (10.0, 2.0)):  # 2x where 10x is below the floor
+        try:
+            plan = TablePlan(method, compression=c, first_order=first, **kw)
+            model = planned_model("deepfm", feats, num_dense, plan, hidden_units=[32, 32])
+            break
+        except ValueError:
+            if c == 2.0:
+                raise
     twin = copy.deepcopy(model).to(dev)
     g = torch.Generator().manual_seed(2)
     dense = torch.rand(ids.shape[0], num_dense, generator=g)
