@@ -399,7 +399,7 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
              noise_std: Optional[float] = None, dense_missing: Optional[str] = None,
              target_ctr: float = 0.25,
              small_field_max: int = 10_000, missing_rates: Optional[Sequence[float]] = None,
-             num_files: int = 1, progress: bool = False, workers: int = 1) -> GenerateReport:
+             num_files: int = 1, progress: bool = False, workers: Optional[int] = 1) -> GenerateReport:
     """Generate a synthetic Criteo-like dataset (see the module docstring for the model).
 
     Args:
@@ -441,6 +441,8 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
         raise ValueError(f"format must be 'processed' or 'tsv', got {format!r}")
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
+    if format != "tsv" and workers not in (1, None):
+        raise ValueError(f"workers applies to format='tsv' only, got workers={workers!r}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     teacher_knobs = resolve_profile(profile, zipf_exponent=zipf_exponent, signal_gamma=signal_gamma,

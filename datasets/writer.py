@@ -87,29 +87,19 @@ class IdCounter:
             self._merge()
 
     def _merge(self) -> None:
-        # Sort only the pending keys (summing duplicates), then merge them into the sorted
-        # totals in linear time (searchsorted + insert): re-sorting the totals on every merge
-        # made the cost per row grow with the number of distinct values.
         if not self._pk:
             return
-        k = np.concatenate(self._pk)
-        c = np.concatenate(self._pc)
+        k = np.concatenate([self.keys] + self._pk)
+        c = np.concatenate([self.counts] + self._pc)
         self._pk, self._pc, self._pn = [], [], 0
-        if len(k) == 0:
-            return
-        order = np.argsort(k)
+        order = np.argsort(k, kind="stable")
         k, c = k[order], c[order]
-        starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
-        k, c = k[starts], np.add.reduceat(c, starts)
-        if len(self.keys) == 0:
+        if len(k) == 0:
             self.keys, self.counts = k, c
             return
-        pos = np.searchsorted(self.keys, k)
-        hit = self.keys[np.minimum(pos, len(self.keys) - 1)] == k
-        self.counts[pos[hit]] += c[hit]  # pos[hit] are distinct: plain fancy add is exact
-        new = ~hit
-        self.keys = np.insert(self.keys, pos[new], k[new])
-        self.counts = np.insert(self.counts, pos[new], c[new])
+        starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+        self.keys = k[starts]
+        self.counts = np.add.reduceat(c, starts)
 
     def result(self) -> Tuple[np.ndarray, np.ndarray]:
         """``(keys int64[V] sorted unique, counts int64[V])``."""
@@ -121,8 +111,11 @@ def lookup(vocab: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Vocabulary ids of raw ids: ``1 + position`` in sorted ``vocab``, 0 if absent (OOV)."""
     if len(vocab) == 0:
         return np.zeros(len(keys), dtype=np.int64)
+    if len(vocab) < 1 << 17:  # fits in cache: random probes are as fast
+        pos = np.minimum(np.searchsorted(vocab, keys), len(vocab) - 1)
+        return np.where(vocab[pos] == keys, pos + 1, 0).astype(np.int64)
     # Sorted needles walk the vocabulary in order (numpy narrows each search from the last hit):
-    # ~4x fewer cache misses than random probes into a vocabulary of millions.
+    # 3-5x fewer cache misses than random probes into a vocabulary of millions.
     order = np.argsort(keys)
     sk = keys[order]
     pos = np.minimum(np.searchsorted(vocab, sk), len(vocab) - 1)

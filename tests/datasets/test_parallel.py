@@ -130,3 +130,16 @@ def test_generate_tsv_workers_same_bytes(tmp_path):
     assert ((tmp_path / "g3" / "day_0").read_bytes() + (tmp_path / "g3" / "day_1").read_bytes()
             == (tmp_path / "g1" / "train.txt").read_bytes())
     assert r3.files == [str(tmp_path / "g3" / "day_0"), str(tmp_path / "g3" / "day_1")]
+
+
+def test_cli_workers(tmp_path, sample_path, small_parts, capsys):
+    from slimembed.ctr.cli import main
+
+    assert main(["prepare", str(sample_path), "--out", str(tmp_path / "c1"), "--workers", "1"]) == 0
+    assert main(["prepare", str(sample_path), "--out", str(tmp_path / "c2"), "--workers", "2"]) == 0
+    _same_output(tmp_path / "c1", tmp_path / "c2")
+    assert main(["prepare", str(sample_path), "--out", str(tmp_path / "c3"), "--format", "avazu",
+                 "--workers", "2"]) == 2
+    assert "--workers applies to --format criteo only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers applies to format='tsv' only"):
+        generate(tmp_path / "g", rows=100, workers=2)
