@@ -38,11 +38,12 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 echo "grids stopped ($(( $(date +%s) - t0 )) s)"
 # tabulate what finished (no training: --dry-run)
-B --config docs/grid_v3.yaml "${COMMON[@]}" --dry-run > "$OUT/logs/tab_v3.log" 2>&1
-B --config docs/grid_new_methods.yaml "${COMMON[@]}" --dry-run > "$OUT/logs/tab_new.log" 2>&1
+B --config docs/grid_v3.yaml "${COMMON[@]}" --dry-run > "$OUT/logs/tab_v3.log" 2>&1 &
+B --config docs/grid_new_methods.yaml "${COMMON[@]}" --dry-run > "$OUT/logs/tab_new.log" 2>&1 &
 for r in sqrt proportional frequency; do
-  B --config docs/grid_allocation.yaml --out "runs/alloc_$r" --set "knobs={hash: {allocation: $r}, double_hash: {allocation: $r}}" "${COMMON[@]}" --dry-run > "$OUT/logs/tab_alloc_$r.log" 2>&1
+  B --config docs/grid_allocation.yaml --out "runs/alloc_$r" --set "knobs={hash: {allocation: $r}, double_hash: {allocation: $r}}" "${COMMON[@]}" --dry-run > "$OUT/logs/tab_alloc_$r.log" 2>&1 &
 done
+wait
 tar czf "$OUT/cells.tar.gz" runs/grid_v3/cells runs/grid_v3/results.* runs/grid_new_methods/cells runs/grid_new_methods/results.* runs/alloc_*/cells runs/alloc_*/results.* 2>/dev/null
 grep -h "FAILED\|Error" "$OUT"/logs/*.log | head -20
 echo "done ($(( $(date +%s) - t0 )) s)"
