@@ -1,14 +1,17 @@
 """ROBE: Random Offset Block Embedding (Desai, Chou, Shrivastava, MLSys 2022, arXiv 2108.02191).
 
 All features share one learnable 1-D array ``A`` of ``m`` floats. The embedding of id ``x`` of
-feature ``f`` is ``Z`` blocks of ``D/Z`` contiguous values::
+feature ``f`` is ``D / Z`` blocks of ``Z`` contiguous values each, ``Z`` the **block size** as in
+the paper ("ROBE-Z") and Hetu's benchmark::
 
-    e(x)[z*b + i] = s_{f,z}(x) * A[(h_{f,z}(x) + i) mod m],    b = D / Z, i in [0, b)
+    e(x)[k*Z + i] = s_{f,k}(x) * A[(h_{f,k}(x) + i) mod m],    k in [0, D/Z), i in [0, Z)
 
-with ``h_{f,z}`` a universal hash into ``[0, m)`` (salted by feature name, one per block) and
-``s_{f,z}`` a ±1 sign hash. Blocks wrap around the end of the array. ``Z = 1`` (one block of ``D``
-values, the Hetu benchmark's setting) is the default. Memory is ``m`` floats whatever the
-vocabulary: the table is vocabulary-free (any non-negative int64 id).
+with ``h_{f,k}`` a universal hash into ``[0, m)`` (salted by feature name, one per block) and
+``s_{f,k}`` a ±1 sign hash. Blocks wrap around the end of the array. The knob is ``block_size``
+(``Z``, must divide ``D``), or alternatively ``num_blocks`` (``D / Z``). The default is ``Z = D``:
+one block per embedding, every embedding one contiguous (signed) window of the array. ``Z = 1``
+hashes every value on its own (HashedNet-like). Memory is ``m`` floats whatever the vocabulary:
+the table is vocabulary-free (any non-negative int64 id).
 """
 
 from __future__ import annotations
@@ -47,18 +50,22 @@ class _ArrayGather(torch.autograd.Function):
 
 @register("robe")
 class RobeTable(EmbeddingTable):
-    """One shared array of ``size`` floats; each embedding is ``Z`` hashed, signed, wrapping blocks.
+    """One shared array of ``size`` floats; each embedding is ``D / Z`` hashed, signed, wrapping
+    blocks of ``Z = block_size`` contiguous values.
 
     Args:
         features: the features (one ``embedding_dim`` ``D``; any non-negative int64 ids).
         size: ``m``, the array's length in floats. Default: ``min(sum_f N_f * D, 2**24)``.
-        num_blocks: ``Z`` blocks per embedding (``D % Z == 0``), default 1.
-        block_size: alternatively the block length ``D / Z``.
+        num_blocks: blocks per embedding, ``D / Z`` (must divide ``D``); the alternative to
+            ``block_size``. Default 1.
+        block_size: ``Z``, the paper's knob: contiguous values per block (must divide ``D``);
+            default ``D`` (one block). Give this or ``num_blocks``; both must agree
+            (``num_blocks * block_size == D``).
         signed: multiply each block by a ±1 sign hash (default True, as in the paper).
         seed: the hash family's seed.
         init_scale: uniform ``±init_scale`` (docs/architecture.md §3: 0.05).
 
-    Memory: ``4 m`` bytes + hash coefficients (``32 F Z`` bytes with signs).
+    Memory: ``4 m`` bytes + hash coefficients (``32 F D / Z`` bytes with signs).
 
     Shapes: dense ``[B, F]`` -> ``[B, F, D]``; KJT -> ``KeyedTensor [B, F * D]``.
 
@@ -67,6 +74,8 @@ class RobeTable(EmbeddingTable):
         >>> t = RobeTable([Feature("C1", 2**63, 16), Feature("C2", 10**6, 16)], size=10_000)
         >>> t(torch.tensor([[2**50, 7]])).shape
         torch.Size([1, 2, 16])
+        >>> RobeTable([Feature("C1", 100, 16)], size=64, block_size=4).num_blocks   # ROBE-4
+        4
     """
 
     method = "robe"
@@ -74,7 +83,7 @@ class RobeTable(EmbeddingTable):
     DEFAULT_MAX_SIZE = 2**24
     budget_knob = "size"
     solved_knobs = ("size",)
-    search_space = {"num_blocks": [1, 2, 4]}
+    search_space = {"num_blocks": [1, 2, 4]}  # D / Z: Z = D, D/2, D/4 whatever D
     quantizable = True
     not_shardable_reason = "embeddings are windows of one shared 1-D array at hashed offsets; there are no rows to place"
 
@@ -90,12 +99,16 @@ class RobeTable(EmbeddingTable):
     ) -> None:
         super().__init__(features)
         dim = common_dim(self.features, "RobeTable")
-        if num_blocks is not None and block_size is not None and num_blocks * block_size != dim:
-            raise ValueError(f"num_blocks * block_size must equal embedding_dim {dim}")
+        if block_size is not None and (int(block_size) < 1 or dim % int(block_size)):
+            raise ValueError(f"RobeTable: block_size (the paper's Z, values per block) must divide "
+                             f"embedding_dim {dim}, got {block_size}")
+        if num_blocks is not None and (int(num_blocks) < 1 or dim % int(num_blocks)):
+            raise ValueError(f"RobeTable: num_blocks must divide embedding_dim {dim}, got {num_blocks}")
+        if num_blocks is not None and block_size is not None and int(num_blocks) * int(block_size) != dim:
+            raise ValueError(f"RobeTable: num_blocks={num_blocks} and block_size={block_size} disagree: "
+                             f"their product must be embedding_dim {dim}; give one of them")
         if num_blocks is None:
-            num_blocks = 1 if block_size is None else dim // block_size
-        if num_blocks < 1 or dim % num_blocks:
-            raise ValueError(f"num_blocks must divide embedding_dim {dim}, got {num_blocks}")
+            num_blocks = 1 if block_size is None else dim // int(block_size)
         if size is None:
             size = min(sum(min(int(f.num_embeddings), 2**40) for f in self.features) * dim,
                        self.DEFAULT_MAX_SIZE)
@@ -118,13 +131,13 @@ class RobeTable(EmbeddingTable):
         nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
 
     def config(self) -> Dict[str, Any]:
-        return {**super().config(), "size": self.size, "num_blocks": self.num_blocks,
+        return {**super().config(), "size": self.size, "block_size": self.block_size,
                 "signed": self.signed, "seed": self.seed, "init_scale": self.init_scale}
 
     # ------------------------------------------------------------------ lookup
     def _coef(self, coef: Tensor, ids: Tensor, fields: Optional[Tensor]):
-        """``(a, b)`` broadcastable to ``ids[..., Z]``."""
-        c = coef if fields is None else coef[fields]  # [F, Z, 2] or [..., Z, 2]
+        """``(a, b)`` broadcastable to ``ids[..., num_blocks]``."""
+        c = coef if fields is None else coef[fields]  # [F, num_blocks, 2] or [..., num_blocks, 2]
         return c[..., 0], c[..., 1]
 
     def positions(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
@@ -132,10 +145,10 @@ class RobeTable(EmbeddingTable):
         from .hashing import universal_hash
 
         a, b = self._coef(self.hashes.coef, ids, fields)
-        start = universal_hash(ids.unsqueeze(-1), a, b, self.size)  # [..., Z]
+        start = universal_hash(ids.unsqueeze(-1), a, b, self.size)  # [..., num_blocks]
         if self.size < 2**31:
             start = start.to(torch.int32)  # halves the traffic of the [..., D] index math
-        pos = start.unsqueeze(-1) + self.arange_block.to(start.dtype)  # [..., Z, b]
+        pos = start.unsqueeze(-1) + self.arange_block.to(start.dtype)  # [..., num_blocks, Z]
         if self.block_size > 1 and pos.device.type != "cpu":
             # accelerators: one elementwise pass (nonzero() below would sync the device per batch)
             pos = torch.remainder(pos, self.size)
@@ -148,7 +161,7 @@ class RobeTable(EmbeddingTable):
         return pos.flatten(-2)
 
     def signs(self, ids: Tensor, fields: Optional[Tensor]) -> Tensor:
-        """``FloatTensor[..., Z]`` of ±1."""
+        """``FloatTensor[..., num_blocks]`` of ±1."""
         from .hashing import _to_sign, universal_hash
 
         a, b = self._coef(self.hashes.sign_coef, ids, fields)
@@ -162,7 +175,7 @@ class RobeTable(EmbeddingTable):
         else:
             vals = read(pos)
         if self.signed:
-            s = self.signs(ids, fields).to(vals.dtype)  # [..., Z]
+            s = self.signs(ids, fields).to(vals.dtype)  # [..., num_blocks]
             if self.num_blocks == 1:
                 vals = vals * s
             else:
@@ -189,7 +202,8 @@ class RobeEmbeddingBag(EmbeddingBag):
     Args: ``nn.EmbeddingBag``'s, in its order (``num_embeddings`` may be the id space;
     ``max_norm``, ``scale_grad_by_freq``, ``_weight`` raise ``NotImplementedError``), plus
     keyword-only ``size`` (default
-    ``min(num_embeddings * embedding_dim, 2**24)``), ``num_blocks`` (1), ``signed`` (True), ``seed``.
+    ``min(num_embeddings * embedding_dim, 2**24)``), ``block_size`` (the paper's ``Z``, default
+    ``embedding_dim``) or ``num_blocks`` (``embedding_dim / Z``), ``signed`` (True), ``seed``.
     ``forward(input, offsets=None, per_sample_weights=None) -> [B, embedding_dim]``.
     """
 
