@@ -2,7 +2,8 @@
 rows over fields gives the best AUC at the same model-level budget.
 
 Reads the cells of one benchmark directory per rule (``runs/alloc_<rule>``, made by the commands in
-``docs/grid_allocation.yaml``) and the full-table cells of ``runs/grid_v3`` (same data, protocol
+``docs/grid_allocation.yaml``; ``proportional200`` is the former hash default: proportional rows
+with fields of at most 200 values kept whole, ``examples/reproduce/device_plan_grid_more.sh``) and the full-table cells of ``runs/grid_v3`` (same data, protocol
 and device), and writes a Markdown table: per method, budget and rule the test AUC (mean ± std over
 seeds), the paired difference to full and to the proportional rule (95% t-interval over seeds).
 
@@ -19,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from slimembed.search.stats import INTERVAL_METHOD, fmt_mean_std, paired_by_seed
 
-RULES = ("proportional", "sqrt", "frequency")
+RULES = ("proportional", "sqrt", "frequency", "proportional200")
 
 
 def load_cells(d: Path) -> List[dict]:
@@ -45,23 +46,26 @@ def table(runs: Path, reference: Path) -> Tuple[List[str], Dict[str, object]]:
     full_cells = [c for c in load_cells(reference) if c["benchmark"]["method"] == "full"]
     full = {int(c["benchmark"]["seed"]): float(c["metrics"]["test"]["auc"]) for c in full_cells}
     devices = {device_of(cs) for cs in list(by_rule.values()) + [full_cells] if cs}
-    lines = ["| method | budget | rule | test AUC | Δ vs full [95% CI] | Δ vs proportional [95% CI] |",
-             "|---|---:|---|---:|---:|---:|"]
+    lines = ["| method | budget | rule | test AUC | Δ vs full [95% CI] | Δ vs proportional [95% CI] | "
+             "Δ vs former default [95% CI] |", "|---|---:|---|---:|---:|---:|---:|"]
     summary: Dict[str, object] = {"devices": sorted(devices), "rows": []}
     keys = sorted({(c["benchmark"]["method"], float(c["benchmark"]["budget"]))
                    for cs in by_rule.values() for c in cs})
     for method, budget in keys:
         base = aucs(by_rule.get("proportional", []), method, budget)
+        former = aucs(by_rule.get("proportional200", []), method, budget)
         for rule, cells in by_rule.items():
             a = aucs(cells, method, budget)
             if not a:
                 continue
             vf = paired_by_seed(a, full)
             vp = paired_by_seed(a, base) if rule != "proportional" else None
+            vd = paired_by_seed(a, former) if rule != "proportional200" and former else None
             lines.append(f"| {method} | {budget:g}x | {rule} | {fmt_mean_std(list(a.values()))} | {vf.fmt()} | "
-                         f"{'—' if vp is None else vp.fmt()} |")
+                         f"{'—' if vp is None else vp.fmt()} | {'—' if vd is None else vd.fmt()} |")
             summary["rows"].append({"method": method, "budget": budget, "rule": rule, "auc": a,
-                                    "vs_full": vf.to_dict(), "vs_proportional": None if vp is None else vp.to_dict()})
+                                    "vs_full": vf.to_dict(), "vs_proportional": None if vp is None else vp.to_dict(),
+                                    "vs_former_default": None if vd is None else vd.to_dict()})
     return lines, summary
 
 
