@@ -80,8 +80,8 @@ def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
 
     for m, kw in ((method, tcfg), ((first or {}).get("method"), first or {})):
         # frequency-aware tables (adaptive, mgqe) read the training split's counts
-        if m and getattr(get_table_class(m), "needs_counts", False) and not (
-                {"counts", "frequent_ids", "num_hot"} & set(kw)):
+        if m and (getattr(get_table_class(m), "needs_counts", False) or kw.get("frequent")) and not (
+                {"counts", "frequent_ids", "num_hot"} & set(kw)):  # double_hash's frequent: K too
             if data_path is None:
                 raise ValueError(f"table method {m!r} needs the training data's counts")
             from slimembed.datasets.counts import train_counts

@@ -50,6 +50,10 @@ class DoubleHashTable(GatherTable):
         shared: both hashes index one table per feature.
         frequent_ids: optional dedicated-row ids per feature name (duplicates are dropped; ignored
             for collision-free features).
+        frequent: alternatively ``K``: each feature's ``K`` most frequent training ids get their
+            own rows, read from ``counts`` (``{name: (ids, counts)}``; ``slimembed train`` passes
+            the training split's). The id map is memory and counts against the budget.
+        counts: the training counts for ``frequent`` (not stored: ``config()`` records the ids).
         min_rows: floor of a feature's rows under ``total_rows`` (default 2: one row per table).
         collisionless_max: under ``total_rows``, features of at most this many values keep all
             their rows as a hard floor (default 0: none; DLRM's QR threshold is 200).
@@ -94,6 +98,8 @@ class DoubleHashTable(GatherTable):
         combine: str = "sum",
         shared: bool = False,
         frequent_ids: IdsSpec = None,
+        frequent: Optional[int] = None,
+        counts: Optional[Mapping[str, Any]] = None,
         min_rows: int = 2,
         collisionless_max: int = 0,
         allocation: str = "sqrt",
@@ -104,6 +110,13 @@ class DoubleHashTable(GatherTable):
     ) -> None:
         super().__init__(features)
         dim = common_dim(self.features, "DoubleHashTable")
+        if frequent is not None:  # the frequency-aware variant from training counts
+            if frequent_ids is not None:
+                raise ValueError("give frequent (with counts) or frequent_ids, not both")
+            if counts is None:
+                raise ValueError("frequent=K needs the training counts (counts={field: (ids, counts)}); "
+                                 "slimembed train passes them from the training split")
+            frequent_ids = self.top_k_from_counts(counts, int(frequent))
         if combine not in ("sum", "concat"):
             raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
         if combine == "concat" and dim % 2:
@@ -223,6 +236,30 @@ class DoubleHashTable(GatherTable):
             sel = fld == i
             if bool(sel.any()):
                 out[f.name] = self.freq_uniq[uid[sel]].tolist()
+        return out
+
+    @staticmethod
+    def top_k_from_counts(counts: Mapping[str, Any], k: int) -> Dict[str, Tensor]:
+        """``{name: (ids, counts)}`` pairs (:func:`slimembed.datasets.counts.train_counts`) or
+        ``{name: counts[N_f]}`` per-id arrays -> ``{name: the k most frequent ids}`` (ties: lower id).
+
+        >>> DoubleHashTable.top_k_from_counts({"a": ([5, 9, 2], [10, 30, 10])}, 2)["a"].tolist()
+        [9, 2]
+        """
+        if k < 0:
+            raise ValueError(f"frequent must be >= 0, got {k}")
+        out: Dict[str, Tensor] = {}
+        for name, c in counts.items():
+            if isinstance(c, tuple) and len(c) == 2:
+                ids = torch.as_tensor(c[0], dtype=torch.long, device="cpu")
+                n = torch.as_tensor(c[1], dtype=torch.long, device="cpu")
+            else:  # built on the CPU even under a meta-device build: ids are data, not shapes
+                n = torch.as_tensor(c, dtype=torch.long, device="cpu")
+                ids = torch.arange(n.numel(), device="cpu")
+            order = torch.argsort(ids, stable=True)  # ties broken by the lower id
+            ids, n = ids[order], n[order]
+            top = torch.argsort(n, descending=True, stable=True)[:min(k, n.numel())]
+            out[name] = ids[top]
         return out
 
     @staticmethod
