@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE
-from .budget import allocate_rows, allocation_weights, row_floors, row_range
+from .budget import row_range
 from .feature import Feature
-from .gather import GatherTable, RowsSpec, common_dim, per_feature
+from .gather import GatherTable, RowsSpec, common_dim, hashed_rows
 from .hashing import HashFamily
 from .dropin import EmbeddingBag
 from .registry import register
@@ -122,21 +122,8 @@ class DoubleHashTable(GatherTable):
         if combine == "concat" and dim % 2:
             raise ValueError(f"combine='concat' needs an even embedding_dim, got {dim}")
         sizes = [int(f.num_embeddings) for f in self.features]
-        if rows is not None and total_rows is not None:
-            raise ValueError("give rows or total_rows, not both")
-        if total_rows is not None:
-            floors = row_floors(sizes, min_rows, collisionless_max)
-            if isinstance(field_weights, Mapping):
-                field_weights = [field_weights[f.name] for f in self.features]
-            weights = allocation_weights(allocation, sizes, field_weights)
-            r = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True, weights=weights)
-        elif rows is not None:
-            r = [min(a, n) for a, n in zip(per_feature(rows, self.features, "rows"), sizes)]
-        else:
-            r = [min(n, self.DEFAULT_MAX_ROWS) for n in sizes]
-        for f, a in zip(self.features, r):
-            if a < 1:
-                raise ValueError(f"DoubleHashTable: feature {f.name!r} needs at least 1 row, got {a}")
+        r = hashed_rows(self.features, rows, total_rows, min_rows, collisionless_max, allocation,
+                        field_weights, self.DEFAULT_MAX_ROWS, "DoubleHashTable")
         self.rows_list = r
         self.combine_mode = combine
         self.num_slots = 2

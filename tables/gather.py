@@ -286,3 +286,30 @@ class GatherTable(EmbeddingTable):
     @property
     def rows_per_feature(self) -> List[int]:
         raise NotImplementedError
+
+
+def hashed_rows(features: Sequence[Feature], rows: RowsSpec, total_rows: Optional[int], min_rows: int,
+                collisionless_max: int, allocation: str, field_weights, default_max: int, who: str) -> List[int]:
+    """Rows per feature of a hashed table (hash, double_hash): ``rows`` as given (capped at each
+    ``N_f``), or ``total_rows`` split by the ``allocation`` rule (:func:`.budget.allocate_rows`),
+    or ``min(N_f, default_max)``. Raises when a feature would get no row."""
+    from .budget import allocate_rows, allocation_weights, row_floors
+
+    sizes = [int(f.num_embeddings) for f in features]
+    if rows is not None and total_rows is not None:
+        raise ValueError("give rows or total_rows, not both")
+    if total_rows is not None:
+        floors = row_floors(sizes, min_rows, collisionless_max)
+        if isinstance(field_weights, Mapping):
+            field_weights = [field_weights[f.name] for f in features]
+        weights = allocation_weights(allocation, sizes, field_weights)
+        out = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True, weights=weights)
+    elif rows is not None:
+        out = [min(r, n) for r, n in zip(per_feature(rows, features, "rows"), sizes)]
+    else:
+        out = [min(n, int(default_max)) for n in sizes]
+    for f, r in zip(features, out):
+        if r < 1:
+            raise ValueError(f"{who}: feature {f.name!r} needs at least 1 row, got {r}")
+    return out
+

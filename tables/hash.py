@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SCALE
-from .budget import allocate_rows, allocation_weights, row_floors, row_range
+from .budget import row_range
 from .feature import Feature
-from .gather import GatherTable, RowsSpec, common_dim, per_feature
+from .gather import GatherTable, RowsSpec, common_dim, hashed_rows
 from .hashing import HashFamily
 from .dropin import EmbeddingBag
 from .registry import register
@@ -94,21 +94,8 @@ class HashTable(GatherTable):
         super().__init__(features)
         dim = common_dim(self.features, "HashTable")
         sizes = [int(f.num_embeddings) for f in self.features]
-        if rows is not None and total_rows is not None:
-            raise ValueError("give rows or total_rows, not both")
-        if total_rows is not None:
-            floors = row_floors(sizes, min_rows, collisionless_max)
-            if isinstance(field_weights, Mapping):
-                field_weights = [field_weights[f.name] for f in self.features]
-            weights = allocation_weights(allocation, sizes, field_weights)
-            m = allocate_rows(int(total_rows), sizes, minimum=floors, exact=True, weights=weights)
-        elif rows is not None:
-            m = [min(r, n) for r, n in zip(per_feature(rows, self.features, "rows"), sizes)]
-        else:
-            m = [min(n, self.DEFAULT_MAX_ROWS) for n in sizes]
-        for f, r in zip(self.features, m):
-            if r < 1:
-                raise ValueError(f"HashTable: feature {f.name!r} needs at least 1 row, got {r}")
+        m = hashed_rows(self.features, rows, total_rows, min_rows, collisionless_max, allocation,
+                        field_weights, self.DEFAULT_MAX_ROWS, "HashTable")
         self.rows_list = m
         self.min_rows = int(min_rows)
         self.signed = bool(signed)

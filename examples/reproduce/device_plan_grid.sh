@@ -10,21 +10,11 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-OUT=${OUT:-runs/device_v3}
-ROWS=${ROWS:-2000000}
-DEVICE=${DEVICE:-cuda}
 GRID_SECONDS=${GRID_SECONDS:-430}
-PY=${PY:-python3}
-mkdir -p "$OUT/logs"
-. "$ROOT/examples/reproduce/device_env.sh"
-t0=$(date +%s)
-B() { $PY -c "import sys; from slimembed.ctr.cli import main; sys.exit(main(['benchmark'] + sys.argv[1:]))" "$@"; }
-COMMON=(--set "generate.rows=$ROWS" --set "experiment.train.device=$DEVICE")
+. "$ROOT/examples/reproduce/device_bench_common.sh"
 # the data once (the dry run generates it and lists the cells), before the processes share it
 B --config docs/grid_v3.yaml "${COMMON[@]}" --dry-run > "$OUT/logs/dry_run.log" 2>&1 || { tail -20 "$OUT/logs/dry_run.log"; exit 1; }
 echo "data ready ($(( $(date +%s) - t0 )) s)"
-pids=()
-run() { local name=$1; shift; timeout "$GRID_SECONDS" $PY -c "import sys; from slimembed.ctr.cli import main; sys.exit(main(['benchmark'] + sys.argv[1:]))" "$@" "${COMMON[@]}" > "$OUT/logs/$name.log" 2>&1 & pids+=($!); }
 for s in 0 1 2; do
   run "v3_a_s$s" --config docs/grid_v3.yaml --set "seeds=[$s]" --set "methods=[hash, double_hash, qr, robe, multiplexed, unified]"
   run "v3_b_s$s" --config docs/grid_v3.yaml --set "seeds=[$s]" --set "methods=[compositional, mde, tt, dhe]" --set reference=false

@@ -8,20 +8,10 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-OUT=${OUT:-runs/device_v3}
-ROWS=${ROWS:-2000000}
-DEVICE=${DEVICE:-cuda}
 GRID_SECONDS=${GRID_SECONDS:-300}
-PY=${PY:-python3}
-mkdir -p "$OUT/logs"
-. "$ROOT/examples/reproduce/device_env.sh"
-t0=$(date +%s)
-B() { $PY -c "import sys; from slimembed.ctr.cli import main; sys.exit(main(['benchmark'] + sys.argv[1:]))" "$@"; }
-COMMON=(--set "generate.rows=$ROWS" --set "experiment.train.device=$DEVICE")
+. "$ROOT/examples/reproduce/device_bench_common.sh"
 B --config docs/grid_v3.yaml "${COMMON[@]}" --set "methods=[robe]" --dry-run > "$OUT/logs/dry_run2.log" 2>&1 || { tail -20 "$OUT/logs/dry_run2.log"; exit 1; }
 echo "data ready ($(( $(date +%s) - t0 )) s)"
-pids=()
-run() { local name=$1; shift; timeout "$GRID_SECONDS" $PY -c "import sys; from slimembed.ctr.cli import main; sys.exit(main(['benchmark'] + sys.argv[1:]))" "$@" "${COMMON[@]}" > "$OUT/logs/$name.log" 2>&1 & pids+=($!); }
 for s in 0 1 2; do
   run "v3_c_s$s" --config docs/grid_v3.yaml --set "seeds=[$s]" --set "methods=[robe, multiplexed]" --set reference=false
   run "v3_d_s$s" --config docs/grid_v3.yaml --set "seeds=[$s]" --set "methods=[unified]" --set reference=false
