@@ -9,6 +9,10 @@ import slimembed.tables.adaptive  # noqa: F401  (registers "adaptive")
 from slimembed.tables import Feature, make_table, make_table_from_config, memory_report
 from slimembed.tables.adaptive import AdaptiveTable, top_ids_from_counts
 
+import sys, pathlib  # noqa: E401  (the shared toy beside this file)
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _fit import fit_losses
+
 FEATS = [Feature("a", 200, 8), Feature("b", 50, 8), Feature("c", 1000, 8)]
 
 
@@ -104,16 +108,7 @@ def test_config_and_state_dict_round_trip():
 def test_adam_reduces_toy_regression_loss():
     torch.manual_seed(0)
     t = AdaptiveTable(FEATS, top_percent=0.1, counts=COUNTS, shared_rows=8)
-    ids = dense_ids(256)
-    target = (torch.randn(1, 3, 8) * 0.1).expand(256, 3, 8)  # per field: reachable by any table
-    opt = torch.optim.Adam(t.parameters(), lr=0.05)
-    losses = []
-    for _ in range(30):
-        loss = ((t(ids) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(t, dense_ids(256), steps=30, lr=0.05)
     assert losses[-1] < 0.7 * losses[0]
 
 

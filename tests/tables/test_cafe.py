@@ -9,6 +9,10 @@ import slimembed.tables.cafe  # noqa: F401  (registers "cafe")
 from slimembed.tables import Feature, make_table, make_table_from_config, memory_report
 from slimembed.tables.cafe import CafeTable
 
+import sys, pathlib  # noqa: E401  (the shared toy beside this file)
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _fit import fit_losses
+
 FEATS = [Feature("a", 2**63, 8), Feature("b", 2**63, 8)]
 
 
@@ -92,13 +96,5 @@ def test_dense_kjt_and_empty_and_adam():
     with pytest.raises(ValueError, match="'b' got id -1"):
         t(torch.tensor([[0, -1]]))
     t.train()
-    target = (torch.randn(1, 2, 8) * 0.1).expand(16, 2, 8)
-    opt = torch.optim.Adam(t.parameters(), lr=0.05)
-    losses = []
-    for _ in range(30):
-        loss = ((t(ids) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(t, ids, steps=30, lr=0.05)
     assert losses[-1] < 0.5 * losses[0]

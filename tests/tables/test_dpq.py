@@ -9,6 +9,10 @@ import slimembed.tables.dpq  # noqa: F401  (registers "dpq", "mgqe", "dpq_codes"
 from slimembed.tables import Feature, make_table, make_table_from_config, memory_report
 from slimembed.tables.dpq import DPQCodesTable, DPQTable, MGQETable, part_columns
 
+import sys, pathlib  # noqa: E401  (the shared toy beside this file)
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _fit import fit_losses
+
 FEATS = [Feature("a", 300, 8), Feature("b", 40, 8), Feature("c", 500, 8)]
 COUNTS = {f.name: np.random.default_rng(i).zipf(1.3, f.num_embeddings - 1).astype(np.int64)
           for i, f in enumerate(FEATS)}
@@ -106,17 +110,8 @@ def test_dense_kjt_empty_and_round_trips():
 def test_adam_reduces_toy_regression_loss_and_trains_codebook(mode):
     torch.manual_seed(0)
     t = DPQTable(FEATS, num_parts=4, num_choices=16, mode=mode)
-    ids = dense_ids(256)
-    target = (torch.randn(1, 3, 8) * 0.1).expand(256, 3, 8)
-    opt = torch.optim.Adam(t.parameters(), lr=0.02)
     cb0 = t.codebook.detach().clone()
-    losses = []
-    for _ in range(40):
-        loss = ((t(ids) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(t, dense_ids(256), steps=40, lr=0.02)
     assert losses[-1] < 0.5 * losses[0]
     assert not torch.equal(cb0, t.codebook)
 
