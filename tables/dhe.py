@@ -173,7 +173,8 @@ class DHETable(EmbeddingTable):
         self.dim = int(self.features[0].embedding_dim)
 
         self.field_hash = HashFamily(1, seed=self.seed, salts=self.feature_names)  # coef [F, 1, 2]
-        self.enc_hash = HashFamily(self.num_hashes, seed=derive_seed(self.seed, "dhe"))  # coef [1, k, 2]
+        # k encoding functions derived from one seed (8 bytes, counted), not k stored pairs
+        self.enc_hash = HashFamily(self.num_hashes, seed=derive_seed(self.seed, "dhe"), derived=True)
         n_mlps = self.num_features if self.per_feature else 1
         self.mlps = nn.ModuleList(
             dhe_mlp(self.num_hashes, self.hidden, self.dim, self.num_layers, activation, self.batch_norm)
@@ -206,7 +207,7 @@ class DHETable(EmbeddingTable):
         nf = len(feats)
         n_mlps = nf if per_feature else 1
         mlp = dhe_mlp_bytes(num_hashes, hidden, feats[0].embedding_dim, num_layers, batch_norm)
-        return n_mlps * mlp + 16 * (num_hashes + nf) + 16 * nf
+        return n_mlps * mlp + 8 + 16 * nf + 16 * nf  # the encoding's seed; field hash coefficients
 
     @classmethod
     def knob_range(cls, features: List[Feature], budget_bytes: int, **kwargs: Any) -> Tuple[int, int]:
@@ -241,7 +242,7 @@ class DHETable(EmbeddingTable):
         :func:`~.hashing.universal_hash` gives, computed by :func:`_hash_rows`: one broadcast
         ``[n, 1] x [1, k]`` pass per chunk of rows, in-place int64 ops, the coefficient halves split once.
         """
-        coef = self.enc_hash.coef[0]  # [k, 2]
+        coef = self.enc_hash.table()[0]  # [k, 2]
         a, b = coef[:, 0], coef[:, 1]
         ah, al = a >> 31, a & _MASK31
         ah2, b_minus_p = 2 * ah, b - MERSENNE_61  # [k]; b - P < 0 keeps the sum below 2**63

@@ -182,8 +182,13 @@ class HashFamily(nn.Module):
         salts: ``None`` for one set, or a sequence of ``S`` salts (feature names or indices): each
             gets its own independent ``K`` functions (per-field hashing, fused in one call).
         with_sign: also hold ``K`` independent sign functions per salt.
+        derived: keep only the seed (an int64 buffer, 8 bytes) and derive the coefficients from it
+            when first used on a device (they are a pure function of the seed and the salts), so
+            a family of many functions, e.g. DHE's 1024, costs 8 bytes instead of ``16 K``
+            (docs/architecture.md §2: fixed overheads derived from one seed, and still counted).
 
-    Buffers: ``coef [S, K, 2]`` (and ``sign_coef [S, K, 2]``), int64, persistent.
+    Buffers: ``coef [S, K, 2]`` (and ``sign_coef [S, K, 2]``), int64, persistent; with
+    ``derived=True`` only ``seed_value [1]``.
 
     Shapes: :meth:`forward` takes ``ids [...]`` and returns ``LongTensor[...]``. With ``S > 1``
     salts, pass ``fields`` (``LongTensor`` broadcastable to ids, the salt index of each id), or ids
@@ -197,20 +202,39 @@ class HashFamily(nn.Module):
     """
 
     def __init__(self, num_hashes: int = 1, seed: int = 0, salts: Optional[Sequence[Salt]] = None,
-                 with_sign: bool = False) -> None:
+                 with_sign: bool = False, derived: bool = False) -> None:
         super().__init__()
         if num_hashes < 1:
             raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
         self.num_hashes = int(num_hashes)
         self.seed = int(seed)
         self.salts: List[Salt] = list(salts) if salts is not None else [""]
-        coef = torch.stack([coefficients(self.seed, s, self.num_hashes) for s in self.salts])
-        self.register_buffer("coef", coef)
         self.with_sign = bool(with_sign)
+        self.derived = bool(derived)
+        if self.derived:
+            self.register_buffer("seed_value", torch.tensor([self.seed], dtype=torch.long))
+            return
+        self.register_buffer("coef", self._make("coef"))
         if self.with_sign:
-            sc = torch.stack([coefficients(self.seed, repr(("sign", s)), self.num_hashes)
-                              for s in self.salts])
-            self.register_buffer("sign_coef", sc)
+            self.register_buffer("sign_coef", self._make("sign_coef"))
+
+    def _make(self, which: str) -> Tensor:
+        with torch.device("cpu"):  # data, not shapes: never on the meta device
+            if which == "coef":
+                return torch.stack([coefficients(self.seed, s, self.num_hashes) for s in self.salts])
+            return torch.stack([coefficients(self.seed, repr(("sign", s)), self.num_hashes) for s in self.salts])
+
+    def table(self, which: str = "coef") -> Tensor:
+        """``LongTensor[S, K, 2]``: the stored coefficients, or (``derived``) the ones derived
+        from the seed, on the family's device (computed once per device)."""
+        if not self.derived:
+            return getattr(self, which)
+        dev = self.seed_value.device
+        cache = self.__dict__.setdefault("_derived", {})
+        key = (which, str(dev))
+        if key not in cache:
+            cache[key] = self._make(which).to(dev)
+        return cache[key]
 
     def _ab(self, coef: Tensor, ids: Tensor, index: int, fields: Optional[Tensor]):
         c = coef[:, index]  # [S, 2]
@@ -229,12 +253,12 @@ class HashFamily(nn.Module):
     def forward(self, ids: Tensor, num_buckets: Union[int, Tensor], index: int = 0,
                 fields: Optional[Tensor] = None) -> Tensor:
         """Bucket of each id under function ``index``: ``LongTensor`` shaped like ids (broadcast)."""
-        a, b = self._ab(self.coef, ids, index, fields)
+        a, b = self._ab(self.table(), ids, index, fields)
         return universal_hash(ids, a, b, num_buckets)
 
     def raw(self, ids: Tensor, index: int = 0, fields: Optional[Tensor] = None) -> Tensor:
         """The hash value in ``[0, 2**61 - 1)`` before the bucket reduction."""
-        a, b = self._ab(self.coef, ids, index, fields)
+        a, b = self._ab(self.table(), ids, index, fields)
         return universal_hash(ids, a, b, None)
 
     def sign(self, ids: Tensor, index: int = 0, fields: Optional[Tensor] = None,
@@ -242,8 +266,9 @@ class HashFamily(nn.Module):
         """±1 of each id under sign function ``index`` (requires ``with_sign=True``)."""
         if not self.with_sign:
             raise RuntimeError("HashFamily was built with with_sign=False")
-        a, b = self._ab(self.sign_coef, ids, index, fields)
+        a, b = self._ab(self.table("sign_coef"), ids, index, fields)
         return _to_sign(universal_hash(ids, a, b, None), dtype)
 
     def extra_repr(self) -> str:
-        return f"num_hashes={self.num_hashes}, seed={self.seed}, salts={len(self.salts)}, with_sign={self.with_sign}"
+        return (f"num_hashes={self.num_hashes}, seed={self.seed}, salts={len(self.salts)}, with_sign={self.with_sign}"
+                + (", derived=True" if self.derived else ""))

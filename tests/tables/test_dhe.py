@@ -93,8 +93,9 @@ def test_mlp_architecture_and_memory_formula():
     rep = memory_report(t)
     params = (k + 1) * w + 4 * (w + 1) * w + (w + 1) * d + 2 * w * layers
     assert rep.param_bytes == 4 * params
-    # BN running stats (2w floats + an int64 counter per layer), hash coefficients, index buffers
-    assert rep.buffer_bytes == layers * (8 * w + 8) + 16 * (k + 2) + 16 * 2
+    # BN running stats (2w floats + an int64 counter per layer), the k encoding functions' seed
+    # (8 bytes: their coefficients are derived from it), the 2 fields' hash coefficients, index buffers
+    assert rep.buffer_bytes == layers * (8 * w + 8) + 8 + 16 * 2 + 16 * 2
     assert rep.total_bytes == DHETable.memory_bytes(FEATS, w, num_hashes=k)
     per = small(per_feature=True, activation="relu")
     assert len(per.mlps) == 2 and isinstance(per.mlps[0][2], torch.nn.ReLU)
@@ -165,7 +166,8 @@ def test_training_step_and_state_dict_round_trip():
     clone.load_state_dict(t.state_dict())
     t.eval(), clone.eval()
     assert torch.equal(t(ids), clone(ids))
-    assert "field_hash.coef" in t.state_dict() and "enc_hash.coef" in t.state_dict()
+    # the field salts' coefficients are stored; the k encoding functions keep only their seed
+    assert "field_hash.coef" in t.state_dict() and "enc_hash.seed_value" in t.state_dict()
 
 
 # ------------------------------------------------------------------ the fast path vs straightforward references
@@ -173,7 +175,7 @@ def _reference_encoding(t, salted):
     """Straightforward encoding: the project's ``universal_hash``, one function per column."""
     from slimembed.tables.hashing import universal_hash
 
-    a, b = t.enc_hash.coef[0, :, 0], t.enc_hash.coef[0, :, 1]
+    a, b = t.enc_hash.table()[0, :, 0], t.enc_hash.table()[0, :, 1]
     h = torch.stack([universal_hash(salted, int(a[j]), int(b[j]), t.buckets) for j in range(t.num_hashes)], 1)
     if t.encoding == "uniform":
         return h.to(torch.float32) * (2.0 / (t.buckets - 1)) - 1.0
@@ -195,7 +197,7 @@ def test_fast_encoding_equals_reference_bit_for_bit(encoding):
     fast = t.encode_salted(salted)  # 611 rows: several CPU chunks
     assert torch.equal(fast, _reference_encoding(t, salted))
     # python big ints for the edge values (no int64 arithmetic at all)
-    ab = t.enc_hash.coef[0].tolist()
+    ab = t.enc_hash.table()[0].tolist()
     for row, x in enumerate(EDGE_SALTED):
         for j in (0, 1, 31, 62, 63):
             h = ((ab[j][0] * x + ab[j][1]) % MERSENNE_61) % t.buckets
@@ -272,3 +274,18 @@ def test_deduplicated_float32_close_and_all_equal_ids():
     torch.testing.assert_close(t(same), _plain_pass(ref, same), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="more than 1 value"):
         DHEEmbeddingBag(10, 4, mode="sum", num_hashes=8, hidden=4)(torch.tensor([3]), torch.tensor([0]))
+
+
+def test_derived_encoding_coefficients_equal_the_stored_family():
+    """The k encoding functions are derived from one seed: the same functions as a stored family,
+    on any device the table moves to, and the seed is what memory counts."""
+    from slimembed.tables.hashing import HashFamily
+
+    stored, derived = HashFamily(64, seed=7), HashFamily(64, seed=7, derived=True)
+    assert torch.equal(stored.coef, derived.table())
+    ids = torch.tensor([0, 5, 2**40])
+    assert torch.equal(stored(ids, 1000, index=3), derived(ids, 1000, index=3))
+    assert memory_report(derived).buffer_bytes == 8 and memory_report(stored).buffer_bytes == 64 * 16
+    with torch.device("meta"):
+        m = HashFamily(64, seed=7, derived=True)
+    assert memory_report(m).buffer_bytes == 8
