@@ -25,10 +25,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
-#: Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal's 1.960).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042)
 
 
 def cells(axes: Sequence[Tuple[str, Sequence[Any]]], *, budget_axis: Optional[str] = None,
@@ -115,31 +111,23 @@ def mean_std(values: Sequence[Optional[float]]) -> Tuple[float, float]:
     return statistics.fmean(vals), std
 
 
-def t975(df: int) -> float:
-    """The two-sided 95% Student-t quantile for ``df`` degrees of freedom (>= 1)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return T975[df - 1] if df <= len(T975) else 1.960
-
-
 def paired_diff(arm: Mapping[int, float], ref: Mapping[int, float]) -> Optional[Dict[str, Any]]:
-    """``arm - ref`` paired by seed over the seeds both have: mean, std, n and the 95% t-interval
-    (``ci95`` is ``None`` with one seed). ``None`` when no seed is shared.
+    """``arm - ref`` paired by seed over the seeds both have (the library's rule,
+    :func:`slimembed.search.stats.paired_by_seed`): mean, n and the 95% t-interval (``ci95`` is
+    ``None`` with one seed). ``None`` when no seed is shared.
 
     >>> d = paired_diff({0: 0.80, 1: 0.81, 2: 0.79}, {0: 0.79, 1: 0.79, 2: 0.78})
     >>> d["n"], round(d["mean"], 4), [round(x, 4) for x in d["ci95"]]
     (3, 0.0133, [-0.001, 0.0277])
     """
+    from slimembed.search.stats import paired_by_seed
+
     seeds = sorted(s for s in arm if s in ref and len(_finite([arm[s], ref[s]])) == 2)
     if not seeds:
         return None
-    diffs = [float(arm[s]) - float(ref[s]) for s in seeds]
-    mean = statistics.fmean(diffs)
-    if len(diffs) == 1:
-        return {"mean": mean, "std": 0.0, "n": 1, "ci95": None, "seeds": seeds}
-    std = statistics.stdev(diffs)
-    half = t975(len(diffs) - 1) * std / math.sqrt(len(diffs))
-    return {"mean": mean, "std": std, "n": len(diffs), "ci95": [mean - half, mean + half], "seeds": seeds}
+    d = paired_by_seed({s: arm[s] for s in seeds}, {s: ref[s] for s in seeds})
+    return {"mean": d.mean, "n": d.n, "ci95": None if d.low is None else [d.low, d.high],
+            "significant": d.significant, "seeds": seeds}
 
 
 def fmt_mean_std(values: Sequence[Optional[float]], fmt: str) -> str:
