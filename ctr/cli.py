@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -31,8 +30,50 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         kw["workers"] = None  # every core
     rep = generate(args.out, rows=args.rows, seed=args.seed, format=args.format, profile=args.profile,
                    progress=True, **kw)
-    print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
+    _print_report(rep, args.json, "generate")
     return 0
+
+
+def _print_report(rep: Any, as_json: bool, verb: str) -> None:
+    """The full report as JSON (``--json``; it is also in the output's report.json), or a few
+    human lines: rows per split, bad rows, label rate, vocabulary, output, time."""
+    d = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep.__dict__)
+    if as_json:
+        print(json.dumps(d, indent=2, default=str))
+        return
+    rows = d.get("rows_per_split") or d.get("rows")
+    if isinstance(rows, dict):
+        total = sum(int(v) for v in rows.values())
+        split = ", ".join(f"{k} {int(v):,}" for k, v in rows.items())
+        print(f"{verb}: {total:,} rows ({split})")
+    else:
+        print(f"{verb}: {int(rows or 0):,} rows")
+    bad = d.get("bad_rows")
+    if isinstance(bad, dict):
+        print(f"bad rows: {sum(bad.values()):,}" + (f" ({', '.join(f'{k} {v}' for k, v in bad.items())})" if bad else ""))
+    rate = d.get("label_rate") or d.get("ctr_per_split")
+    if isinstance(rate, dict):
+        print("label rate: " + ", ".join(f"{k} {float(v):.4f}" for k, v in rate.items()))
+    vocab = d.get("vocabulary_sizes") or d.get("num_embeddings")
+    if isinstance(vocab, dict):
+        print(f"vocabulary: {sum(int(v) for v in vocab.values()):,} rows over {len(vocab)} fields")
+    if d.get("teacher_auc") is not None:
+        print(f"teacher AUC (the best any model can reach here): {d['teacher_auc']:.4f}")
+    print(f"output: {d.get('out_dir')} ({float(d.get('seconds') or 0):.1f} s"
+          + (f", {float(d['rows_per_s']):,.0f} rows/s" if d.get("rows_per_s") else "") + "); the full report: "
+          + ("report.json there" if d.get("format", "processed") == "processed" else "--json"))
+
+
+def _parse_split(text: str) -> tuple:
+    """``8:1:1`` or ``0.8:0.1:0.1`` -> the train:val:test weights (a clear error otherwise)."""
+    parts = text.split(":")
+    try:
+        w = tuple(float(x) for x in parts)
+    except ValueError:
+        w = ()
+    if len(w) != 3 or any(x < 0 for x in w) or w[0] <= 0:
+        raise ValueError(f"--split {text!r}: give train:val:test weights such as 8:1:1 or 0.8:0.1:0.1, or by_file")
+    return tuple(int(x) if x == int(x) else x for x in w)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -41,7 +82,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     for p in args.inputs:
         if not Path(p).exists():
             raise FileNotFoundError(f"input file {p!r} does not exist")
-    split = "by_file" if args.split == "by_file" else tuple(int(x) for x in args.split.split(":"))
+    split = "by_file" if args.split == "by_file" else _parse_split(args.split)
     common = dict(min_count=args.min_count, split=split, seed=args.seed,
                   vocabulary_free=args.vocabulary_free, on_bad_row=args.on_bad_row)
     if args.format == "criteo":
@@ -60,7 +101,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
             spec = load_config(args.schema, "table_schema")
         rep = prepare_table(args.inputs, args.out, spec, **common)
-    print(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__, indent=2, default=str))
+    _print_report(rep, args.json, "prepare")
     return 0
 
 
@@ -191,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--small-field-max", type=int, default=None,
                    help="fields up to this many values keep Criteo's size (default 10000)")
     g.add_argument("--format", choices=["processed", "tsv"], default="processed")
+    g.add_argument("--json", action="store_true", help="print the full report as JSON instead of a summary")
     g.add_argument("--workers", type=int, default=None,
                    help="--format tsv: processes writing chunks (default: every core; same bytes for any)")
     g.set_defaults(func=_cmd_generate)
@@ -202,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--schema", help="YAML schema for --format table")
     r.add_argument("--min-count", type=int, default=10)
     r.add_argument("--dense", choices=["log", "bucket"], default="log")
-    r.add_argument("--split", default="8:1:1", help="train:val:test ratio, or by_file")
+    r.add_argument("--split", default="8:1:1", help="train:val:test weights (8:1:1 or 0.8:0.1:0.1), or by_file")
+    r.add_argument("--json", action="store_true", help="print the full report as JSON instead of a summary")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--vocabulary-free", action="store_true", help="stable 64-bit ids, no vocabulary")
     r.add_argument("--on-bad-row", choices=["error", "skip"], default="error")

@@ -164,3 +164,20 @@ def test_methods_lists_every_method_and_shows_one(capsys):
     import json
 
     assert json.loads(capsys.readouterr().out)["budget_knob"] == "total_rows"
+
+
+def test_prepare_prints_a_short_summary_or_json_and_reads_both_split_forms(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "criteo_kaggle_head1999.tsv"
+    assert main(["prepare", str(sample), "--out", str(tmp_path / "a"), "--split", "0.8:0.1:0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "prepare: 1,999 rows (train" in out and "bad rows: 0" in out and "label rate:" in out
+    assert len(out.strip().splitlines()) <= 6 and (tmp_path / "a" / "report.json").exists()
+    assert main(["prepare", str(sample), "--out", str(tmp_path / "b"), "--split", "8:1:1", "--json"]) == 0
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads(capsys.readouterr().out)
+    assert a["rows"] == b["rows"]  # 0.8:0.1:0.1 is the same split as 8:1:1
+    assert main(["prepare", str(sample), "--out", str(tmp_path / "c"), "--split", "8:x"]) == 2
+    assert "--split '8:x'" in capsys.readouterr().err
