@@ -205,9 +205,11 @@ def paired_vs_full(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Mean ± std over seeds per (model, method)."""
     lines = [
-        "| model | method | seeds | test AUC | test logloss | kept rows | exported bytes | vs full | search time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | method | seeds | test AUC | Δ AUC vs full [95% CI] | test logloss | kept rows | exported bytes | "
+        "vs full | search time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    diffs = {(d["model"], d["method"]): d["test_auc_diff"] for d in paired_vs_full(rows)}
     groups: Dict[tuple, List[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["method"]), []).append(r)
@@ -216,8 +218,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         nbytes = statistics.mean(r["exported_bytes"] for r in rs)
         ratio = statistics.mean(r["full_bytes"] / r["exported_bytes"] for r in rs)
         search = "—" if method == "full" else _ms([r["search_time_s"] for r in rs], ".0f")
+        d = diffs.get((model, method))
+        dtxt = "—" if d is None else (f"{d['mean']:+.4f}" + (" (1 seed)" if d["ci95"] is None else
+                                                             f" [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                                                             + (" *" if d["significant"] else "")))
         lines.append(
-            f"| {model} | {method} | {len(rs)} | {_ms([r['test_auc'] for r in rs], '.4f')} | "
+            f"| {model} | {method} | {len(rs)} | {_ms([r['test_auc'] for r in rs], '.4f')} | {dtxt} | "
             f"{_ms([r['test_logloss'] for r in rs], '.4f')} | {100 * kept:.1f}% | {nbytes:,.0f} | "
             f"{ratio:.2f}x | {search} |"
         )

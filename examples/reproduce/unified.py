@@ -213,8 +213,8 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
             groups.setdefault(key, []).append(rec)
     order = {m: i for i, m in enumerate(METHODS)}
     keys = sorted(groups, key=lambda k: (k[0], -1 if k[2] is None else k[2], order.get(k[1], 99), k[1]))
-    lines = ["| model | budget | method | test AUC (mean ± std) | table bytes | compression | seeds | device |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | budget | method | test AUC (mean ± std) | Δ vs full [95% CI] | table bytes | compression | "
+             "seeds | device |", "|---|---|---|---|---|---|---|---|---|"]
     rows_json = []
     for model, method, comp in keys:
         recs = groups[(model, method, comp)]
@@ -223,12 +223,18 @@ def summarize(out: Path, runs: Optional[Sequence[Dict[str, Any]]] = None,
         tb = statistics.fmean(r["memory"]["table_bytes"] for r in recs)
         ratio = statistics.fmean(r["memory"]["ratio"] for r in recs)
         devices = sorted({str(r.get("config", {}).get("device", "cpu")) for r in recs})
-        lines.append(f"| {model} | {budget_tag(comp)} | {arm_label(method)} | {mean:.4f} ± {std:.4f} | "
+        diff = None
+        if method != "full" and (model, "full", None) in groups:
+            diff = paired_diff(_auc_by_seed(recs), _auc_by_seed(groups[(model, "full", None)]))
+        dtxt = "—" if diff is None else (f"{diff['mean']:+.4f}" + (
+            " (1 seed)" if diff["ci95"] is None else
+            f" [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}]" + (" *" if diff["significant"] else "")))
+        lines.append(f"| {model} | {budget_tag(comp)} | {arm_label(method)} | {mean:.4f} ± {std:.4f} | {dtxt} | "
                      f"{tb:,.0f} | {ratio:.1f}x | {len(aucs)} | {'+'.join(devices)} |")
         row = {"model": model, "method": method, "label": arm_label(method), "compression": comp, "auc_mean": mean,
                "auc_std": std, "table_bytes": tb, "ratio": ratio, "seeds": len(aucs), "devices": devices}
-        if method != "full" and (model, "full", None) in groups:
-            row["auc_diff_vs_full"] = paired_diff(_auc_by_seed(recs), _auc_by_seed(groups[(model, "full", None)]))
+        if diff is not None:
+            row["auc_diff_vs_full"] = diff
         rows_json.append(row)
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
