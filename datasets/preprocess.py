@@ -47,7 +47,7 @@ from .criteo import (CRITEO_CATEGORICAL, CRITEO_DENSE, CRITEO_LABEL, DEFAULT_CHU
 from .errors import BadRows, check_on_bad_row
 from .ids import encode_arrow, encode_ints, random_split, split_uniform
 from .tabular import TableChunk, TableReader, TableSpec
-from .writer import SPLITS, EncodedChunk, FieldSpec, ProcessedWriter
+from .writer import SPLITS, EncodedChunk, FieldSpec, ProcessedWriter, staged_dir
 
 PathLike = Union[str, Path]
 SplitArg = Union[Tuple[float, float, float], Sequence[float], str, Mapping[str, Sequence[PathLike]]]
@@ -198,6 +198,7 @@ class _Run:
                  max_rows: Optional[int], on_bad_row: str, progress: bool):
         self.inputs = inputs
         self.out = Path(out_dir)
+        self.work = self.out  # where files go; a staged_dir while the run writes
         self.splitter = make_splitter(split, seed, inputs)
         self.max_rows = max_rows
         self.on_bad_row = check_on_bad_row(on_bad_row)
@@ -242,7 +243,7 @@ class _Run:
             vocabulary_sizes=stats["vocabulary_sizes"], oov_rate=stats["oov_rate"],
             seconds=round(secs, 3), rows_per_s=round(self.rows_read / max(secs, 1e-9), 1),
             peak_rss_mb=round(peak_rss_mb(), 1), options=options)
-        rep.save(self.out / "report.json")
+        rep.save(self.work / "report.json")
         return rep
 
 
@@ -288,11 +289,21 @@ def prepare_criteo(inputs: Union[PathLike, Sequence[PathLike]], out_dir: PathLik
     options = {"dataset": "criteo", "min_count": min_count, "dense": dense,
                "split": split_repr(split), "seed": seed, "vocabulary_free": vocabulary_free,
                "on_bad_row": on_bad_row, "max_rows": max_rows, "chunk_rows": chunk_rows}
+    # written aside and swapped in when complete: a failure leaves out_dir as it was
+    with staged_dir(out_dir) as run.work:
+        return _prepare_criteo(run, files, options, n_workers, min_count=min_count, dense=dense,
+                               split=split, seed=seed, vocabulary_free=vocabulary_free,
+                               on_bad_row=on_bad_row, max_rows=max_rows, chunk_rows=chunk_rows)
+
+
+def _prepare_criteo(run: _Run, files: List[str], options: Dict[str, Any], n_workers: int, *,
+                    min_count: int, dense: str, split: SplitArg, seed: int, vocabulary_free: bool,
+                    on_bad_row: str, max_rows: Optional[int], chunk_rows: int) -> PrepareReport:
     if n_workers > 1:
         from .parallel import prepare_criteo_parallel
 
         stats, extra = prepare_criteo_parallel(
-            files, str(out_dir), workers=n_workers, split=split, seed=seed, dense=dense,
+            files, str(run.work), workers=n_workers, split=split, seed=seed, dense=dense,
             min_count=min_count, vocabulary_free=vocabulary_free, on_bad_row=run.on_bad_row,
             max_rows=max_rows, chunk_rows=chunk_rows,
             meta={"source": "criteo", "inputs": files, **options})
@@ -303,7 +314,7 @@ def prepare_criteo(inputs: Union[PathLike, Sequence[PathLike]], out_dir: PathLik
         return run.report(stats, {**options, "workers": n_workers})
     bucket = dense == "bucket"
     fields = [FieldSpec(c) for c in ((*CRITEO_DENSE, *CRITEO_CATEGORICAL) if bucket else CRITEO_CATEGORICAL)]
-    writer = ProcessedWriter(Path(out_dir), label=CRITEO_LABEL,
+    writer = ProcessedWriter(run.work, label=CRITEO_LABEL,
                              dense=[] if bucket else list(CRITEO_DENSE), fields=fields,
                              min_count=min_count, vocabulary_free=vocabulary_free)
     run.drive(writer, lambda p, left: CriteoReader(p, chunk_rows=chunk_rows, on_bad_row=on_bad_row,
@@ -379,13 +390,23 @@ def prepare_table(inputs: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
         spec = TableSpec.from_dict(spec)
     files = _as_list(inputs)
     run = _Run(files, out_dir, split, seed, max_rows, on_bad_row, progress)
+    # written aside and swapped in when complete: a failure leaves out_dir as it was
+    with staged_dir(out_dir) as run.work:
+        return _prepare_table(run, files, spec, min_count=min_count, dense=dense, split=split,
+                              seed=seed, vocabulary_free=vocabulary_free, on_bad_row=on_bad_row,
+                              max_rows=max_rows, chunk_rows=chunk_rows, file_format=file_format)
+
+
+def _prepare_table(run: _Run, files: List[str], spec: TableSpec, *, min_count: int, dense: str,
+                   split: SplitArg, seed: int, vocabulary_free: bool, on_bad_row: str,
+                   max_rows: Optional[int], chunk_rows: int, file_format: Optional[str]) -> PrepareReport:
     first = TableReader(files[0], spec, chunk_rows=chunk_rows, file_format=file_format)
     rspec = first.spec
     bucket = dense == "bucket"
     fields = ([FieldSpec(c) for c in rspec.dense] if bucket else []) + [
         FieldSpec(c) for c in (*(rspec.categorical or []), *rspec.derived)] + [
         FieldSpec(c, sep or ",", rspec.pooling.get(c, "sum")) for c, sep in rspec.multi_valued.items()]
-    writer = ProcessedWriter(Path(out_dir), label=rspec.label,
+    writer = ProcessedWriter(run.work, label=rspec.label,
                              dense=[] if bucket else list(rspec.dense), fields=fields,
                              min_count=min_count, vocabulary_free=vocabulary_free)
     header_lines = 1 if (rspec.header and first.format == "csv") else 0

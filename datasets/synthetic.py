@@ -73,7 +73,7 @@ from .ids import mix64, random_split
 from .npyio import NpyAppender
 from .preprocess import log_dense, peak_rss_mb
 from .schema import CategoricalColumn, Schema
-from .writer import FORMAT_VERSION, SPLITS
+from .writer import FORMAT_VERSION, SPLITS, staged_dir
 
 PathLike = Union[str, Path]
 
@@ -449,170 +449,169 @@ def generate(out_dir: PathLike, rows: int = 1_000_000, *, profile: str = DEFAULT
                                     latent_dim=latent_dim, first_order_std=first_order_std,
                                     interaction_std=interaction_std, dense_std=dense_std,
                                     noise_std=noise_std, dense_missing=dense_missing)
-    out.mkdir(parents=True, exist_ok=True)  # after the checks: a bad knob leaves no directory
-    cards = synthetic_cardinalities(scale, small_field_max)
-    knobs = {"rows": rows, "profile": profile, "scale": scale, "seed": seed, **teacher_knobs,
-             "target_ctr": target_ctr, "small_field_max": small_field_max,
-             "missing_rates": list(missing_rates or CRITEO_MISSING_RATES)}
-    teacher = Teacher(cards, seed=seed, target_ctr=target_ctr, missing_rates=knobs["missing_rates"],
-                      **teacher_knobs)
-    files: List[str] = []
-    if format == "processed":
-        for s in SPLITS:
-            if (out / s).exists():
-                import shutil
-                shutil.rmtree(out / s)
-        apps = {s: {"labels": NpyAppender(out / s / "labels.npy", np.float32),
-                    "dense": NpyAppender(out / s / "dense.npy", np.float32, (13,)),
-                    "sparse": NpyAppender(out / s / "sparse.npy", np.int64, (26,)),
-                    "teacher": NpyAppender(out / s / "teacher.npy", np.float32)} for s in SPLITS}
-        writers = None
-    else:
-        names = ["train.txt"] if num_files == 1 else [f"day_{i}" for i in range(num_files)]
-        files = [str(out / nm) for nm in names]
-        bounds = np.linspace(0, rows, num_files + 1).round().astype(np.int64)
-        hexes = [hex_strings(n, f, seed) for f, n in enumerate(cards)]
-        wopt = pcsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-        tsv_schema = pa.schema([(CRITEO_LABEL, pa.int8())] + [(c, pa.int64()) for c in CRITEO_DENSE]
-                               + [(c, pa.string()) for c in CRITEO_CATEGORICAL])
-        writers = [pcsv.CSVWriter(p, tsv_schema, write_options=wopt) for p in files]
-    counts = {s: 0 for s in SPLITS}
-    pos = {s: 0 for s in SPLITS}
-    test_z: List[np.ndarray] = []
-    test_y: List[np.ndarray] = []
-    train_z: List[np.ndarray] = []
-    train_y: List[np.ndarray] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=rows, unit="rows", unit_scale=True, desc="generate")
-    n_chunks = math.ceil(rows / CHUNK_ROWS)
-
-    def draw_chunk(c: int):
-        lo = c * CHUNK_ROWS
-        m = min(CHUNK_ROWS, rows - lo)
-        rng = np.random.default_rng([seed, 0x0C4E, c])
-        ranks, dense, dmiss = teacher.draw(rng, m)
-        z = teacher.logit_from_parts(teacher.parts(ranks, dense, dmiss))
-        y = teacher.labels(rng, z)
-        row_index = np.arange(lo, lo + m, dtype=np.int64)
-        split = random_split(row_index, _SPLIT_WEIGHTS, seed)
-        values = np.empty_like(ranks)
-        for f in range(len(cards)):
-            r = ranks[:, f]
-            values[:, f] = np.where(r < 0, -1, teacher.perm[f][np.maximum(r, 0)])
-        return lo, m, y, z, split, dense, dmiss, values
-
-    def tsv_slices(lo, m, y, dense, dmiss, values):
-        """``[(file index, table)]``: the chunk's rows as TSV tables, cut at file bounds."""
-        cols = [pa.array(y)] + [pa.array(dense[:, j], mask=dmiss[:, j]) for j in range(13)]
-        for f in range(len(cards)):
-            v = values[:, f]
-            cols.append(pc.take(hexes[f], pa.array(np.maximum(v, 0), mask=v < 0)))
-        table = pa.Table.from_arrays(cols, schema=tsv_schema)
-        out_sl = []
-        for k in range(num_files):
-            a, b = max(lo, int(bounds[k])), min(lo + m, int(bounds[k + 1]))
-            if a < b:
-                out_sl.append((k, table.slice(a - lo, b - a)))
-        return out_sl
-
-    from .parallel import resolve_workers, write_tsv_parallel
-
-    if format == "tsv" and resolve_workers(workers) > 1:
-        def make_chunk(c: int):
-            lo, m, y, z, split, dense, dmiss, values = draw_chunk(c)
-            # only the first chunks can hold the (up to) 1M training rows of the train AUC
-            keep_train = lo < 2 * _AUC_TRAIN_ROWS
-            extra = (m, [int((split == i).sum()) for i in range(3)],
-                     [int(y[split == i].sum()) for i in range(3)], z[split == 2], y[split == 2],
-                     z[split == 0] if keep_train else None, y[split == 0] if keep_train else None)
-            return tsv_slices(lo, m, y, dense, dmiss, values), extra
-
-        for w in writers:
-            w.close()
-        extras = write_tsv_parallel(make_chunk, n_chunks, files, resolve_workers(workers),
-                                    out / ".tsv_parts")
-    else:
-        extras = None
-    for c in range(n_chunks):
-        if extras is not None:
-            m, n_by, pos_by, tz_c, ty_c, rz_c, ry_c = extras[c]
-            for i, s in enumerate(SPLITS):
-                counts[s] += n_by[i]
-                pos[s] += pos_by[i]
-            test_z.append(tz_c)
-            test_y.append(ty_c)
-            if sum(len(a) for a in train_z) < _AUC_TRAIN_ROWS:
-                if rz_c is None:
-                    raise RuntimeError("generate: too few training rows in the first chunks")
-                train_z.append(rz_c)
-                train_y.append(ry_c)
-            if bar is not None:
-                bar.update(m)
-            continue
-        lo, m, y, z, split, dense, dmiss, values = draw_chunk(c)
-        for i, s in enumerate(SPLITS):
-            sel = split == i
-            counts[s] += int(sel.sum())
-            pos[s] += int(y[sel].sum())
-        test_z.append(z[split == 2])
-        test_y.append(y[split == 2])
-        if sum(len(a) for a in train_z) < _AUC_TRAIN_ROWS:
-            train_z.append(z[split == 0])
-            train_y.append(y[split == 0])
+    # written in a sibling temporary directory, swapped in when complete (after the checks: a
+    # bad knob leaves no directory); a failure leaves out_dir as it was
+    with staged_dir(out) as work:
+        cards = synthetic_cardinalities(scale, small_field_max)
+        knobs = {"rows": rows, "profile": profile, "scale": scale, "seed": seed, **teacher_knobs,
+                 "target_ctr": target_ctr, "small_field_max": small_field_max,
+                 "missing_rates": list(missing_rates or CRITEO_MISSING_RATES)}
+        teacher = Teacher(cards, seed=seed, target_ctr=target_ctr, missing_rates=knobs["missing_rates"],
+                          **teacher_knobs)
+        files: List[str] = []
         if format == "processed":
-            ids = np.where(values < 0, 1, values + 2)
-            ld = log_dense(dense, dmiss)
-            p = _sigmoid(z).astype(np.float32)
+            apps = {s: {"labels": NpyAppender(work / s / "labels.npy", np.float32),
+                        "dense": NpyAppender(work / s / "dense.npy", np.float32, (13,)),
+                        "sparse": NpyAppender(work / s / "sparse.npy", np.int64, (26,)),
+                        "teacher": NpyAppender(work / s / "teacher.npy", np.float32)} for s in SPLITS}
+            writers = None
+        else:
+            names = ["train.txt"] if num_files == 1 else [f"day_{i}" for i in range(num_files)]
+            files = [str(out / nm) for nm in names]  # the report names the final paths
+            work_files = [str(work / nm) for nm in names]
+            bounds = np.linspace(0, rows, num_files + 1).round().astype(np.int64)
+            hexes = [hex_strings(n, f, seed) for f, n in enumerate(cards)]
+            wopt = pcsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+            tsv_schema = pa.schema([(CRITEO_LABEL, pa.int8())] + [(c, pa.int64()) for c in CRITEO_DENSE]
+                                   + [(c, pa.string()) for c in CRITEO_CATEGORICAL])
+            writers = [pcsv.CSVWriter(p, tsv_schema, write_options=wopt) for p in work_files]
+        counts = {s: 0 for s in SPLITS}
+        pos = {s: 0 for s in SPLITS}
+        test_z: List[np.ndarray] = []
+        test_y: List[np.ndarray] = []
+        train_z: List[np.ndarray] = []
+        train_y: List[np.ndarray] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=rows, unit="rows", unit_scale=True, desc="generate")
+        n_chunks = math.ceil(rows / CHUNK_ROWS)
+
+        def draw_chunk(c: int):
+            lo = c * CHUNK_ROWS
+            m = min(CHUNK_ROWS, rows - lo)
+            rng = np.random.default_rng([seed, 0x0C4E, c])
+            ranks, dense, dmiss = teacher.draw(rng, m)
+            z = teacher.logit_from_parts(teacher.parts(ranks, dense, dmiss))
+            y = teacher.labels(rng, z)
+            row_index = np.arange(lo, lo + m, dtype=np.int64)
+            split = random_split(row_index, _SPLIT_WEIGHTS, seed)
+            values = np.empty_like(ranks)
+            for f in range(len(cards)):
+                r = ranks[:, f]
+                values[:, f] = np.where(r < 0, -1, teacher.perm[f][np.maximum(r, 0)])
+            return lo, m, y, z, split, dense, dmiss, values
+
+        def tsv_slices(lo, m, y, dense, dmiss, values):
+            """``[(file index, table)]``: the chunk's rows as TSV tables, cut at file bounds."""
+            cols = [pa.array(y)] + [pa.array(dense[:, j], mask=dmiss[:, j]) for j in range(13)]
+            for f in range(len(cards)):
+                v = values[:, f]
+                cols.append(pc.take(hexes[f], pa.array(np.maximum(v, 0), mask=v < 0)))
+            table = pa.Table.from_arrays(cols, schema=tsv_schema)
+            out_sl = []
+            for k in range(num_files):
+                a, b = max(lo, int(bounds[k])), min(lo + m, int(bounds[k + 1]))
+                if a < b:
+                    out_sl.append((k, table.slice(a - lo, b - a)))
+            return out_sl
+
+        from .parallel import resolve_workers, write_tsv_parallel
+
+        if format == "tsv" and resolve_workers(workers) > 1:
+            def make_chunk(c: int):
+                lo, m, y, z, split, dense, dmiss, values = draw_chunk(c)
+                # only the first chunks can hold the (up to) 1M training rows of the train AUC
+                keep_train = lo < 2 * _AUC_TRAIN_ROWS
+                extra = (m, [int((split == i).sum()) for i in range(3)],
+                         [int(y[split == i].sum()) for i in range(3)], z[split == 2], y[split == 2],
+                         z[split == 0] if keep_train else None, y[split == 0] if keep_train else None)
+                return tsv_slices(lo, m, y, dense, dmiss, values), extra
+
+            for w in writers:
+                w.close()
+            extras = write_tsv_parallel(make_chunk, n_chunks, work_files, resolve_workers(workers),
+                                        work / ".tsv_parts")
+        else:
+            extras = None
+        for c in range(n_chunks):
+            if extras is not None:
+                m, n_by, pos_by, tz_c, ty_c, rz_c, ry_c = extras[c]
+                for i, s in enumerate(SPLITS):
+                    counts[s] += n_by[i]
+                    pos[s] += pos_by[i]
+                test_z.append(tz_c)
+                test_y.append(ty_c)
+                if sum(len(a) for a in train_z) < _AUC_TRAIN_ROWS:
+                    if rz_c is None:
+                        raise RuntimeError("generate: too few training rows in the first chunks")
+                    train_z.append(rz_c)
+                    train_y.append(ry_c)
+                if bar is not None:
+                    bar.update(m)
+                continue
+            lo, m, y, z, split, dense, dmiss, values = draw_chunk(c)
             for i, s in enumerate(SPLITS):
                 sel = split == i
-                if sel.any():
-                    apps[s]["labels"].append(y[sel].astype(np.float32))
-                    apps[s]["dense"].append(ld[sel])
-                    apps[s]["sparse"].append(ids[sel])
-                    apps[s]["teacher"].append(p[sel])
-        else:
-            for k, sl in tsv_slices(lo, m, y, dense, dmiss, values):
-                writers[k].write_table(sl)
+                counts[s] += int(sel.sum())
+                pos[s] += int(y[sel].sum())
+            test_z.append(z[split == 2])
+            test_y.append(y[split == 2])
+            if sum(len(a) for a in train_z) < _AUC_TRAIN_ROWS:
+                train_z.append(z[split == 0])
+                train_y.append(y[split == 0])
+            if format == "processed":
+                ids = np.where(values < 0, 1, values + 2)
+                ld = log_dense(dense, dmiss)
+                p = _sigmoid(z).astype(np.float32)
+                for i, s in enumerate(SPLITS):
+                    sel = split == i
+                    if sel.any():
+                        apps[s]["labels"].append(y[sel].astype(np.float32))
+                        apps[s]["dense"].append(ld[sel])
+                        apps[s]["sparse"].append(ids[sel])
+                        apps[s]["teacher"].append(p[sel])
+            else:
+                for k, sl in tsv_slices(lo, m, y, dense, dmiss, values):
+                    writers[k].write_table(sl)
+            if bar is not None:
+                bar.update(m)
         if bar is not None:
-            bar.update(m)
-    if bar is not None:
-        bar.close()
-    from sklearn.metrics import roc_auc_score
+            bar.close()
+        from sklearn.metrics import roc_auc_score
 
-    tz, ty = np.concatenate(test_z), np.concatenate(test_y)
-    rz, ry = np.concatenate(train_z), np.concatenate(train_y)
-    auc = float(roc_auc_score(ty, tz)) if 0 < ty.sum() < len(ty) else float("nan")
-    auc_tr = float(roc_auc_score(ry, rz)) if 0 < ry.sum() < len(ry) else float("nan")
-    names = list(CRITEO_CATEGORICAL)
-    num_emb = {nm: n + 2 for nm, n in zip(names, cards)}
-    secs = time.perf_counter() - t0
-    rep = GenerateReport(
-        out_dir=str(out), format=format, files=files, rows=rows, rows_per_split=counts,
-        ctr=float(sum(pos.values()) / rows),
-        ctr_per_split={s: (pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS},
-        teacher_auc=round(auc, 5), teacher_auc_train=round(auc_tr, 5),
-        teacher_logloss=round(_logloss(ty, _sigmoid(tz)), 5) if len(ty) else float("nan"),
-        cardinalities=dict(zip(names, cards)), num_embeddings=num_emb,
-        total_vocabulary=int(sum(cards)), seconds=round(secs, 3),
-        rows_per_s=round(rows / max(secs, 1e-9), 1), peak_rss_mb=round(peak_rss_mb(), 1),
-        knobs={**knobs, "bias": teacher.bias})
-    if format == "processed":
-        for d in apps.values():
-            for a in d.values():
-                a.close()
-        schema = Schema(
-            label=CRITEO_LABEL, dense=list(CRITEO_DENSE),
-            categorical=[CategoricalColumn(nm, num_emb[nm]) for nm in names],
-            meta={"source": "synthetic", "format_version": FORMAT_VERSION, "splits": counts,
-                  "dense": "log", "split": list(_SPLIT_WEIGHTS), "seed": seed,
-                  "id_layout": "0 = OOV (unused), 1 = missing, 2 + value index",
-                  "generator": {**knobs, "bias": teacher.bias, "teacher_auc": rep.teacher_auc,
-                                "cardinalities": cards}})
-        schema.save(out / "schema.json")
-    else:
-        for w in writers:
-            w.close()
-    rep.save(out / "report.json")
-    return rep
+        tz, ty = np.concatenate(test_z), np.concatenate(test_y)
+        rz, ry = np.concatenate(train_z), np.concatenate(train_y)
+        auc = float(roc_auc_score(ty, tz)) if 0 < ty.sum() < len(ty) else float("nan")
+        auc_tr = float(roc_auc_score(ry, rz)) if 0 < ry.sum() < len(ry) else float("nan")
+        names = list(CRITEO_CATEGORICAL)
+        num_emb = {nm: n + 2 for nm, n in zip(names, cards)}
+        secs = time.perf_counter() - t0
+        rep = GenerateReport(
+            out_dir=str(out), format=format, files=files, rows=rows, rows_per_split=counts,
+            ctr=float(sum(pos.values()) / rows),
+            ctr_per_split={s: (pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS},
+            teacher_auc=round(auc, 5), teacher_auc_train=round(auc_tr, 5),
+            teacher_logloss=round(_logloss(ty, _sigmoid(tz)), 5) if len(ty) else float("nan"),
+            cardinalities=dict(zip(names, cards)), num_embeddings=num_emb,
+            total_vocabulary=int(sum(cards)), seconds=round(secs, 3),
+            rows_per_s=round(rows / max(secs, 1e-9), 1), peak_rss_mb=round(peak_rss_mb(), 1),
+            knobs={**knobs, "bias": teacher.bias})
+        if format == "processed":
+            for d in apps.values():
+                for a in d.values():
+                    a.close()
+            schema = Schema(
+                label=CRITEO_LABEL, dense=list(CRITEO_DENSE),
+                categorical=[CategoricalColumn(nm, num_emb[nm]) for nm in names],
+                meta={"source": "synthetic", "format_version": FORMAT_VERSION, "splits": counts,
+                      "dense": "log", "split": list(_SPLIT_WEIGHTS), "seed": seed,
+                      "id_layout": "0 = OOV (unused), 1 = missing, 2 + value index",
+                      "generator": {**knobs, "bias": teacher.bias, "teacher_auc": rep.teacher_auc,
+                                    "cardinalities": cards}})
+            schema.save(work / "schema.json")
+        else:
+            for w in writers:
+                w.close()
+        rep.save(work / "report.json")
+        return rep

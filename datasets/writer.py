@@ -21,10 +21,13 @@ by the file. All files are written with plain appends (:class:`~.npyio.NpyAppend
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +37,77 @@ from .schema import CategoricalColumn, Schema
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
+# what a dataset writer owns in its output directory besides the files it writes afresh: an old
+# dataset's copies of these are dropped at the swap, every other old entry is kept
+_OWNED = (*SPLITS, "vocab", ".tmp", ".parts", ".tsv_parts")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: "os.PathLike[str] | str") -> Iterator[Path]:
+    """Write a dataset directory in a sibling ``<out>.tmp-<pid>`` and swap it in when complete.
+
+    The body writes into the yielded directory (same filesystem as ``out_dir``). If it raises
+    (any exception, ``KeyboardInterrupt`` included) the temporary directory is removed and
+    ``out_dir`` is left as it was. On success the old ``out_dir`` is renamed aside to
+    ``<out>.old-<pid>``, the new one renamed in, the old entries the new dataset does not
+    write (other than split folders, ``vocab`` and scratch folders) moved back in (an input
+    file kept inside the output directory survives), and the rest deleted.
+    (``docs/architecture.md`` §5)
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()) / "ds"
+        >>> with staged_dir(d) as w:
+        ...     _ = (w / "a.txt").write_text("new")
+        >>> (d / "a.txt").read_text()
+        'new'
+        >>> try:
+        ...     with staged_dir(d) as w:
+        ...         _ = (w / "a.txt").write_text("half")
+        ...         raise RuntimeError("boom")
+        ... except RuntimeError:
+        ...     pass
+        >>> (d / "a.txt").read_text(), sorted(p.name for p in d.parent.iterdir())
+        ('new', ['ds'])
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output directory {out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # leftovers of killed runs (their process is gone): scratch only, never a dataset
+    for stale in out.parent.glob(glob.escape(out.name) + ".tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    work = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    work.mkdir()
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if not out.exists():
+        os.rename(work, out)
+        return
+    aside = out.parent / f"{out.name}.old-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(out, aside)
+    os.rename(work, out)
+    # new dataset is in place; anything left to do only concerns the old copy
+    for entry in aside.iterdir():
+        if entry.name not in _OWNED and not os.path.lexists(out / entry.name):
+            os.rename(entry, out / entry.name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @dataclass
