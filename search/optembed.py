@@ -24,9 +24,10 @@ done; a rerun skips finished stages and resumes the unfinished one):
 3. ``retrain/``: rebuild the model with both masks fixed and retrain it from the supernet's
    *initial* weights (``retrain_from="rewind"``, the paper's default) or from the supernet's
    trained weights (``"supernet"``); thresholds are not parameters any more.
-4. ``export/``: :func:`~slimembed.tables.export_optembed`: pruned rows removed behind an id
-   remap, each field stored at its dim, zero-padded to ``D``; checks the exported model's logits
-   against the masked model's, evaluates it on test, reports its bytes.
+4. ``export/``: :func:`~slimembed.tables.export_optembed`: pruned rows removed behind a keep
+   bitmap + rank index (1.5 bits per original row), each field stored at its dim, zero-padded
+   to ``D``; checks the exported model's logits against the masked model's, evaluates it on
+   test, reports its bytes.
 
 Differences from the reference code (``fuyuanlyu/OptEmbed``), on purpose (its bugs):
 mutation copies the parent (the reference edits parents in place, so crossover and the recorded
@@ -574,7 +575,7 @@ class OptEmbedPipeline:
             "max_abs_logit_diff": max_diff,
             "table_bytes": rep.total_bytes,
             "values_bytes": int(compact.values.numel()) * 4,
-            "remap_bytes": int(compact.remap.numel()) * 4,
+            "remap_bytes": int(compact.bitmap.numel()) + 4 * int(compact.rank.numel()),  # id index: bitmap + rank
             "full_table_bytes": full_table,
             "compression": full_table / rep.total_bytes,
             "model_table_bytes": memory_report(exported).table_bytes,

@@ -196,7 +196,7 @@ def trained_like_table(variant="optembed"):
 
 
 @pytest.mark.parametrize("variant", ["optembed", "optembed-e", "optembed-d"])
-def test_export_equals_masked_table_and_counts_the_remap(variant):
+def test_export_equals_masked_table_and_counts_the_id_index(variant):
     t = trained_like_table(variant)
     c = export_optembed(t)
     assert isinstance(c, CompactOptEmbedTable)
@@ -209,18 +209,94 @@ def test_export_equals_masked_table_and_counts_the_remap(variant):
     assert c.kept == kept and c.dims == t.current_dims()
     rep = memory_report(c)
     pruned_rows = sum(f.num_embeddings for f, k in zip(FEATS, kept) if k < f.num_embeddings)
-    assert c.remap.numel() == pruned_rows and c.remap.dtype == torch.int32
+    words = sum(math.ceil(f.num_embeddings / 64) for f, k in zip(FEATS, kept) if k < f.num_embeddings)
+    assert c.bitmap.numel() == 8 * words and c.bitmap.dtype == torch.uint8
+    assert c.rank.numel() == words and c.rank.dtype == torch.int32
     assert rep.param_bytes == 4 * (sum(k * d for k, d in zip(kept, c.dims)) + 1)
-    assert rep.buffer_bytes >= 4 * pruned_rows  # the remap is memory
+    assert rep.buffer_bytes >= 12 * words  # the bitmap + rank index is memory
     assert rep.total_bytes == compact_bytes(FEATS, c.dims, kept)
     if variant == "optembed-d":
-        assert pruned_rows == 0  # nothing pruned: no remap at all
+        assert pruned_rows == 0 and words == 0  # nothing pruned: no bitmap at all
     else:
         assert 0 < sum(kept) < 177
     # rebuilt from its config + state_dict: the same table
     c2 = make_table_from_config(c.config())
     c2.load_state_dict(c.state_dict())
     assert torch.equal(c2(ids), c(ids))
+
+
+def reference_rows(keep):
+    """Compact row per id by a running count: kept -> its rank among kept ids, pruned -> -1."""
+    r = torch.cumsum(keep.long(), 0) - 1
+    return torch.where(keep, r, torch.full_like(r, -1))
+
+
+@pytest.mark.parametrize("sizes", [(1, 63, 64, 65), (128, 7, 200), (300,)])
+def test_bitmap_rank_equals_a_running_count_at_word_edges(sizes):
+    g = torch.Generator().manual_seed(sum(sizes))
+    feats = [Feature(f"f{i}", n, 4) for i, n in enumerate(sizes)]
+    keep = torch.rand(sum(sizes), generator=g) < 0.4
+    keep[0] = False  # field 0 prunes at least one row, so it has a bitmap
+    t = OptEmbedTable(feats, variant="optembed-e")
+    t.freeze_rows(keep)
+    c = export_optembed(t)
+    for i, (k, n) in enumerate(zip(torch.split(keep, list(sizes)), sizes)):
+        ids = torch.arange(n)
+        got = c.compact_rows(ids, torch.full_like(ids, i))
+        want = reference_rows(k) if int(k.sum()) < n else ids
+        assert torch.equal(got, want), (sizes, i)
+    ids = torch.stack([torch.randint(0, n, (300,), generator=g) for n in sizes], 1)
+    assert torch.equal(c(ids), t.eval()(ids))
+
+
+def test_compact_export_of_a_third_of_the_rows_costs_at_most_two_bits_per_original_row():
+    torch.manual_seed(0)
+    feats = [Feature("big", 30000, 16), Feature("mid", 5000, 16), Feature("small", 40, 16)]
+    t = OptEmbedTable(feats)
+    keep = torch.rand(35040) < 1 / 3
+    t.freeze_rows(keep)
+    t.set_dims([5, 12, 16])
+    t.eval()
+    c = export_optembed(t)
+    kept_values = sum(k * d for k, d in zip(c.kept, c.dims))
+    original_rows = sum(f.num_embeddings for f in feats)
+    assert abs(sum(c.kept) / original_rows - 1 / 3) < 0.02
+    bound = (kept_values * 4 + 2 * original_rows / 8) * 1.01
+    total = memory_report(c).total_bytes
+    assert total <= bound, (total, bound)
+    assert total == compact_bytes(feats, c.dims, c.kept)
+    # the id space costs 1.5 bits per original row (bitmap + int32 rank per 64 ids), not 32
+    assert (c.bitmap.numel() + 4 * c.rank.numel()) * 8 / original_rows < 1.52
+    ids = torch.stack([torch.randint(0, f.num_embeddings, (512,)) for f in feats], 1)
+    assert torch.equal(c(ids), t(ids))
+    # a model: exported logits equal the masked model's
+    from slimembed.ctr.models import make_model
+    from slimembed.search.optembed import optembed_table_factory
+
+    model = make_model("deepfm", feats, 2, table_factory=optembed_table_factory())
+    model.embedding.freeze_rows(keep)
+    model.embedding.set_dims([5, 12, 16])
+    model.eval()
+    exp = export_optembed(model)
+    dense = torch.randn(512, 2)
+    assert torch.equal(exp(dense, ids), model(dense, ids))
+
+
+def test_compact_state_dict_of_the_int32_remap_format_still_loads():
+    t = trained_like_table()
+    c = export_optembed(t)
+    sd = c.state_dict()
+    keeps = [k for k, n, f in zip(torch.split(t.row_keep, [50, 7, 120]), c.kept, FEATS) if n < f.num_embeddings]
+    old = {k: v for k, v in sd.items() if k not in ("bitmap", "rank")}
+    old["remap"] = torch.cat([reference_rows(k) for k in keeps]).to(torch.int32)
+    c2 = make_table_from_config(c.config())
+    c2.load_state_dict(old)
+    assert torch.equal(c2.bitmap, c.bitmap) and torch.equal(c2.rank, c.rank)
+    ids = batch(100)
+    assert torch.equal(c2(ids), c(ids))
+    old["remap"] = old["remap"][:-1]
+    with pytest.raises(ValueError, match="remap"):
+        make_table_from_config(c.config()).load_state_dict(old)
 
 
 def test_export_unpadded_gives_per_field_dims():
