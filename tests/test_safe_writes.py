@@ -215,7 +215,7 @@ def test_failed_serialisation_leaves_old_file(tmp_path):
 def test_disk_full_names_path_and_cause(tmp_path, monkeypatch):
     import errno
 
-    from slimembed.ctr import trainer
+    from slimembed.ctr import safe_io
 
     p = tmp_path / "last.pt"
     p.write_bytes(b"old")
@@ -223,7 +223,7 @@ def test_disk_full_names_path_and_cause(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(trainer.os, "fsync", full)
+    monkeypatch.setattr(safe_io.os, "fsync", full)
     with pytest.raises(OSError) as e:
         atomic_torch_save({"a": 1}, p)
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
