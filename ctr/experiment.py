@@ -160,8 +160,14 @@ def run_experiment(cfg: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = 
     section, and only rank 0 writes; see ``docs/distributed.md``.
     """
     from slimembed.ctr import distributed as dist
-    from slimembed.ctr.trainer import TrainConfig, train_and_evaluate
+    from slimembed.ctr.safe_io import check_writable
+    from slimembed.ctr.trainer import CHECKPOINT_NAME, TrainConfig, train_and_evaluate
 
+    tc = TrainConfig.from_dict(cfg["train"])
+    if cfg.get("output"):  # before any data is read or a step is trained
+        check_writable(cfg["output"], "result record")
+    if tc.checkpoint_dir:
+        check_writable(Path(tc.checkpoint_dir) / CHECKPOINT_NAME, "checkpoint")
     started = not dist.is_initialized() and dist.init_distributed(
         cfg.get("distributed"), device=TrainConfig.from_dict(cfg["train"]).device)
     try:

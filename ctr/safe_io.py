@@ -108,3 +108,28 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def check_writable(path: Union[str, Path], what: str = "output") -> None:
+    """Fail before any training when ``path`` cannot be written later: it exists and is not a
+    regular file (``ValueError``), or its directory cannot be created or written (``OSError``
+    naming the path and the cause). A probe file is created and removed, so a read-only file
+    system is caught even when running as root.
+
+    >>> import tempfile
+    >>> check_writable(Path(tempfile.mkdtemp()) / "sub" / "r.json")
+    >>> check_writable(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: refusing to write ...: it exists and is a directory, not a regular file
+    """
+    path = Path(path)
+    _check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=path.name + ".", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the {what}: {e.strerror or e}", str(path)) from None
+

@@ -229,3 +229,17 @@ def test_disk_full_names_path_and_cause(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
     assert "No space left on device" in str(e.value) and str(p) in str(e.value)
     assert p.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_train_refuses_an_unwritable_output_before_training(tmp_path, capsys):
+    """`slimembed train` checks the record's path first: a directory there fails in one line
+    naming it, and nothing is trained."""
+    from slimembed.ctr.cli import main
+    from slimembed.datasets import generate
+
+    generate(str(tmp_path / "d"), rows=500, scale=0.001)
+    out = tmp_path / "taken"
+    out.mkdir()
+    rc = main(["train", "--set", f"data.path={tmp_path / 'd'}", "--set", f"output={out}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(out) in err and "not a regular file" in err and "Traceback" not in err
