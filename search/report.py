@@ -259,6 +259,30 @@ def markdown_table(front: Sequence[Point]) -> List[str]:
     return lines
 
 
+def seed_table(points: Sequence[Point], metric: str = "test") -> Tuple[List[str], List[Dict[str, Any]]]:
+    """Configurations (method + knobs) trained with several seeds: the AUC's mean ± std and the
+    paired same-seed difference to the full table with its 95% t-interval (:mod:`.stats`).
+    Empty when no configuration has two seeds (a sweep's trials: one seed each)."""
+    from .stats import fmt_mean_std, paired_by_seed
+
+    groups: Dict[Tuple[str, str], Dict[int, float]] = {}
+    for p in points:
+        a = p.auc(metric)
+        if p.status in TRAINED and a is not None and p.seed is not None:
+            groups.setdefault((str(p.method), p.knobs), {})[int(p.seed)] = float(a)
+    if not any(len(v) > 1 for v in groups.values()):
+        return [], []
+    full = next((v for (m, _), v in groups.items() if m == "full"), {})
+    lines = [f"| method | knobs | seeds | {metric} AUC | Δ vs full [95% CI] |", "|---|---|---:|---:|---:|"]
+    rows: List[Dict[str, Any]] = []
+    for (m, k), by_seed in sorted(groups.items()):
+        d = paired_by_seed(by_seed, full) if m != "full" and full else None
+        lines.append(f"| {m} | {k or '-'} | {len(by_seed)} | {fmt_mean_std(list(by_seed.values()))} | "
+                     f"{'—' if d is None else d.fmt()} |")
+        rows.append({"method": m, "knobs": k, "auc": by_seed, "vs_full": None if d is None else d.to_dict()})
+    return lines, rows
+
+
 def counts(points: Sequence[Point]) -> Dict[str, int]:
     out: Dict[str, int] = {}
     for p in points:
@@ -362,6 +386,15 @@ def write_report(points: Sequence[Point], meta: Optional[Mapping[str, Any]] = No
                   + (f", {mname} {ref.auc(metric):.4f} ({ref.key})." if ref is not None else
                      " (no full-table run among the points)."))
     md += ["", *markdown_table(front), "", f"![AUC vs bytes]({files['png'].name})", ""]
+    seed_lines, seed_rows = seed_table(points, metric)
+    if seed_lines:
+        from .stats import INTERVAL_METHOD
+
+        md += ["## Configurations with several seeds", "",
+               f"Mean ± std over seeds; Δ: the {INTERVAL_METHOD} against the full table; `*`: the "
+               "interval excludes 0.", "", *seed_lines, ""]
+        summary["seeds"] = seed_rows
+        files["json"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
     files["md"].write_text("\n".join(md))
     return summary
 

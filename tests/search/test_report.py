@@ -251,3 +251,25 @@ def test_benchmark_profile_check_sees_knobs_and_defaults(tmp_path):
         gen = {k: v for k, v in gen.items() if v is not None}
         with pytest.raises(ValueError, match=key):
             ensure_data(bench_config(str(d), tmp_path / "g", generate=gen))
+
+
+def test_report_gives_paired_intervals_where_seeds_exist(tmp_path):
+    """A results directory with several seeds per configuration: mean ± std and the paired
+    difference to full with its 95% interval, marked where it excludes 0."""
+    res = tmp_path / "res"
+    res.mkdir()
+    aucs = {"full": [0.800, 0.802, 0.801], "hash": [0.790, 0.793, 0.791], "robe": [0.801, 0.800, 0.802]}
+    for m, vals in aucs.items():
+        for seed, a in enumerate(vals):
+            table = {"method": m} if m == "full" else {"method": m, "compression": 10}
+            rec = {"metrics": {"val": {"auc": a}, "test": {"auc": a, "logloss": 0.4}},
+                   "memory": {"table_bytes": 100 if m != "full" else 1000, "full_bytes": 1000},
+                   "benchmark": {"method": m, "seed": seed, "status": "ok", "table": table}}
+            (res / f"{m}_{seed}.json").write_text(json.dumps(rec))
+    summary = report(str(res), out_dir=str(tmp_path / "rep"), metric="test", log=lambda *_: None)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Configurations with several seeds" in md
+    rows = {r["method"]: r for r in summary["seeds"]}
+    assert rows["hash"]["vs_full"]["significant"] and rows["hash"]["vs_full"]["mean"] < 0
+    assert not rows["robe"]["vs_full"]["significant"]
+    assert "| hash | compression=10 | 3 |" in md and " *" in md
