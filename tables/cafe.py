@@ -23,6 +23,10 @@ from .registry import register
 class CafeTable(EmbeddingTable):
     """CAFE: HotSketch-tracked hot ids own exclusive rows; cold ids share a hashed table.
 
+    Speed: 0.27x of ``full`` per forward+backward on the CPU (``slimembed bench tables --methods
+    cafe --compression 4 --threads 2``; docs/results/bench_tables_new.md): every training forward
+    also updates the sketch (fingerprints, a sort by bucket, slot replacement) for the whole batch.
+
     **HotSketch.** ``num_buckets`` buckets of ``slots`` entries ``(key, score)``; an id's key is
     its 61-bit universal-hash fingerprint salted by its feature (two ids share a key with
     probability ``2**-61``), its bucket ``key mod num_buckets``. Each training forward inserts

@@ -134,6 +134,13 @@ register("dpq_codes")(DPQCodesTable)
 class DPQTable(InferenceBudget, DPQCodesTable):
     """Differentiable Product Quantization (Chen, Li & Sun, ICML 2020).
 
+    Speed: far slower than ``full`` per training step (0.02x forward+backward in
+    ``slimembed bench tables --methods dpq --compression 4 --threads 2``, CPU, batch 4096, 26
+    fields; docs/results/bench_tables_new.md) because every lookup of a training step compares the
+    id's query with all ``K`` keys of each subspace (``B·F·K·D`` multiply-adds plus a softmax or
+    an argmin) and assigns codes field by field; inference (``eval`` / the codes export) reads
+    stored codes only.
+
     Each id owns a query embedding ``q [D]`` (training only). ``D`` is split into ``num_parts``
     subspaces; in each, the id's code is the nearest of ``K = num_choices`` keys (``vq``:
     Euclidean; ``sx``: largest dot product, after a non-affine batch norm of the responses as in
