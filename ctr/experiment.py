@@ -39,19 +39,6 @@ def validate_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return validate_experiment(cfg)
 
 
-def _with_sparse(method: str, kwargs: Dict[str, Any], embedding_optimizer: str) -> Dict[str, Any]:
-    """``kwargs`` plus ``sparse`` as the embedding optimizer wants it, where the method takes it."""
-    import inspect
-
-    from slimembed.ctr.optim import table_kwargs_for
-    from slimembed.tables import get_table_class
-
-    params = inspect.signature(get_table_class(method).__init__).parameters
-    if "sparse" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return {"sparse": table_kwargs_for(embedding_optimizer)["sparse"], **kwargs}
-    return dict(kwargs)
-
-
 def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
                     data_path: Optional[Union[str, Path]] = None):
     """The experiment's :class:`~slimembed.tables.plan.TablePlan`: ``table.compression`` (or
@@ -63,6 +50,7 @@ def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
     double_hash) reads each field's effective number of values from the training split of
     ``data_path``.
     """
+    from slimembed.ctr.optim import with_sparse
     from slimembed.tables.plan import TablePlan
 
     tcfg = dict(cfg)
@@ -75,7 +63,7 @@ def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
     if first is not None:
         first = {"method": first} if isinstance(first, str) else dict(first)
         first.pop("compression", None), first.pop("budget_bytes", None)  # one model budget
-        first = _with_sparse(first["method"], first, embedding_optimizer)
+        first = with_sparse(embedding_optimizer, first["method"], first)
     from slimembed.tables import get_table_class
 
     for m, kw in ((method, tcfg), ((first or {}).get("method"), first or {})):
@@ -95,7 +83,7 @@ def table_plan_from(cfg: Mapping[str, Any], embedding_optimizer: str,
 
             kw["field_weights"] = frequency_weights(train_counts(data_path))
     return TablePlan(method, budget_bytes=budget, compression=compression, first_order=first,
-                     **_with_sparse(method, tcfg, embedding_optimizer))
+                     **with_sparse(embedding_optimizer, method, tcfg))
 
 
 def planned_model(name: str, features: Sequence[Feature], num_dense: int, plan: Any, **model_cfg: Any):

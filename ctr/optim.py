@@ -69,6 +69,28 @@ def table_kwargs_for(optimizer_name: str) -> Dict[str, Any]:
     return {"sparse": optimizer_name in SPARSE_OPTIMIZERS}
 
 
+def with_sparse(optimizer_name: str, method: str, table_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """``table_kwargs`` plus ``sparse`` as ``optimizer_name`` wants it, where ``method``'s
+    constructor takes it (an explicit ``sparse`` in ``table_kwargs`` wins).
+
+    >>> with_sparse("rowwise_adagrad", "hash", {"rows": 10})
+    {'rows': 10, 'sparse': True}
+    >>> with_sparse("rowwise_adagrad", "robe", {})       # robe has no sparse path
+    {}
+    """
+    from slimembed.tables import get_table_class
+
+    kwargs = dict(table_kwargs)
+    try:
+        params = inspect.signature(get_table_class(method).__init__).parameters
+        accepts = "sparse" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        accepts = False
+    if accepts:
+        kwargs.setdefault("sparse", table_kwargs_for(optimizer_name)["sparse"])
+    return kwargs
+
+
 def table_factory_for(
     optimizer_name: str, method: str = "full", **table_kwargs: Any
 ) -> Callable[[Sequence[Any]], nn.Module]:
@@ -80,15 +102,7 @@ def table_factory_for(
     """
     from slimembed.tables import get_table_class, make_table
 
-    kwargs = dict(table_kwargs)
-    cls = get_table_class(method)
-    try:
-        params = inspect.signature(cls.__init__).parameters
-        accepts = "sparse" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
-        accepts = False
-    if accepts:
-        kwargs.setdefault("sparse", table_kwargs_for(optimizer_name)["sparse"])
+    kwargs = with_sparse(optimizer_name, method, table_kwargs)
 
     def factory(features: Sequence[Any], **more: Any) -> nn.Module:
         return make_table(method, features, **{**kwargs, **more})
@@ -490,4 +504,5 @@ __all__ = [
     "split_parameters",
     "table_kwargs_for",
     "table_factory_for",
+    "with_sparse",
 ]

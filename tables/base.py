@@ -101,6 +101,8 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
     quantizable: ClassVar[bool] = False
     supports_sparse: ClassVar[bool] = False
     not_shardable_reason: ClassVar[Optional[str]] = None
+    #: which bytes a budget bounds: "memory" (memory_report) or "inference" (budgeted_bytes())
+    budget_counts: ClassVar[str] = "memory"
 
     def __init__(self, features: Sequence[Feature]) -> None:
         nn.Module.__init__(self)
@@ -196,9 +198,26 @@ class EmbeddingTable(EmbeddingBagCollectionInterface):
                     raise TypeError(f"for_budget solves {solved}; do not pass {k!r}")
                 kwargs.pop(k)
         lo, hi = cls.knob_range(features, int(budget_bytes), **kwargs)
-        return solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, lo, hi,
-                          method=cls.method, knob=cls.budget_knob,
-                          bytes_of=cls.knob_bytes_fn(features, **kwargs), increasing=cls.knob_increasing)
+        bytes_of = cls.knob_bytes_fn(features, **kwargs)
+        by_memory = cls.budget_counts == "memory"
+        if bytes_of is None and not by_memory:  # measure budgeted_bytes of meta-device builds
+            def bytes_of(v: int) -> int:
+                with torch.device("meta"):
+                    return cls.budget_build(features, v, **kwargs).budgeted_bytes()
+        table = solve_knob(lambda v: cls.budget_build(features, v, **kwargs), budget_bytes, lo, hi,
+                           method=cls.method, knob=cls.budget_knob, bytes_of=bytes_of,
+                           increasing=cls.knob_increasing, check=by_memory)
+        if not by_memory and table.budgeted_bytes() > budget_bytes:  # guards a wrong knob_bytes_fn
+            raise AssertionError(f"{cls.method}: {table.budgeted_bytes()} inference bytes > budget "
+                                 f"{int(budget_bytes)}")
+        return table
+
+    def budgeted_bytes(self) -> int:
+        """The bytes a budget bounds: parameters + buffers (``budget_counts = "memory"``), or the
+        inference footprint for tables that train with more (:class:`.inference_budget.InferenceBudget`)."""
+        from .budget import module_bytes
+
+        return module_bytes(self)
 
     # ------------------------------------------------------------------ distribution
     def why_not_shardable(self) -> Optional[str]:

@@ -90,9 +90,8 @@ def memory_report(module: nn.Module, optimizer: Optional[torch.optim.Optimizer] 
     table_bytes, training_only = 0, 0
     for t in outer:
         held = _module_bytes(t, seen)
-        budgeted = getattr(t, "budgeted_bytes", None)
-        if callable(budgeted):  # inference footprint; the rest only exists while training
-            stored = int(budgeted())
+        if getattr(t, "budget_counts", "memory") == "inference":  # the rest only exists while training
+            stored = int(t.budgeted_bytes())
             table_bytes += stored
             training_only += max(0, held - stored)
         else:

@@ -111,12 +111,13 @@ def train_step_parity(method: str, feats: List[Feature], ids: torch.Tensor, dev:
     num_dense = 4
     if method.startswith("optembed"):
         return {}  # its training forward samples random dims per sample (device RNG streams differ)
-    from slimembed.ctr.experiment import _with_sparse, planned_model
+    from slimembed.ctr.experiment import planned_model
+    from slimembed.ctr.optim import with_sparse
     from slimembed.tables import get_table_class
     from slimembed.tables.plan import TablePlan
 
     cls = get_table_class(method)
-    kw = _with_sparse(method, counts_kwargs(method, feats), "sparse_adam")
+    kw = with_sparse("sparse_adam", method, counts_kwargs(method, feats))
     # DeepFM's first-order (dim 1) table: mde cannot shrink dim-1 fields, so it is hashed there.
     first = {"method": "hash"} if method == "mde" else None
     model = None
