@@ -47,13 +47,14 @@ def table(runs: Path, reference: Path) -> Tuple[List[str], Dict[str, object]]:
     full = {int(c["benchmark"]["seed"]): float(c["metrics"]["test"]["auc"]) for c in full_cells}
     devices = {device_of(cs) for cs in list(by_rule.values()) + [full_cells] if cs}
     lines = ["| method | budget | rule | test AUC | Δ vs full [95% CI] | Δ vs proportional [95% CI] | "
-             "Δ vs former default [95% CI] |", "|---|---:|---|---:|---:|---:|---:|"]
+             "Δ vs former default [95% CI] | Δ vs sqrt [95% CI] |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     summary: Dict[str, object] = {"devices": sorted(devices), "rows": []}
     keys = sorted({(c["benchmark"]["method"], float(c["benchmark"]["budget"]))
                    for cs in by_rule.values() for c in cs})
     for method, budget in keys:
         base = aucs(by_rule.get("proportional", []), method, budget)
         former = aucs(by_rule.get("proportional200", []), method, budget)
+        sq = aucs(by_rule.get("sqrt", []), method, budget)
         for rule, cells in by_rule.items():
             a = aucs(cells, method, budget)
             if not a:
@@ -61,11 +62,14 @@ def table(runs: Path, reference: Path) -> Tuple[List[str], Dict[str, object]]:
             vf = paired_by_seed(a, full)
             vp = paired_by_seed(a, base) if rule != "proportional" else None
             vd = paired_by_seed(a, former) if rule != "proportional200" and former else None
+            vs = paired_by_seed(a, sq) if rule != "sqrt" and sq else None
             lines.append(f"| {method} | {budget:g}x | {rule} | {fmt_mean_std(list(a.values()))} | {vf.fmt()} | "
-                         f"{'—' if vp is None else vp.fmt()} | {'—' if vd is None else vd.fmt()} |")
+                         f"{'—' if vp is None else vp.fmt()} | {'—' if vd is None else vd.fmt()} | "
+                         f"{'—' if vs is None else vs.fmt()} |")
             summary["rows"].append({"method": method, "budget": budget, "rule": rule, "auc": a,
                                     "vs_full": vf.to_dict(), "vs_proportional": None if vp is None else vp.to_dict(),
-                                    "vs_former_default": None if vd is None else vd.to_dict()})
+                                    "vs_former_default": None if vd is None else vd.to_dict(),
+                                    "vs_sqrt": None if vs is None else vs.to_dict()})
     return lines, summary
 
 
